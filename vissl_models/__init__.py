@@ -1,0 +1,37 @@
+"""vissl_models: VISSL's model layer (trunks, heads, SSL model, checkpoints) on current PyTorch."""
+
+from .checkpoint import CheckpointError, LoadedCheckpoint, LoadReport, load_checkpoint
+from .config import AttrDict, ConfigError, load_config
+from .registry import (
+    get_model_head,
+    get_model_trunk,
+    list_heads,
+    list_trunks,
+    register_model,
+    register_model_head,
+    register_model_trunk,
+)
+from . import heads as _heads  # noqa: F401  (registers the built-in heads)
+from . import trunks as _trunks  # noqa: F401  (registers the built-in trunks)
+from .model import BaseSSLMultiInputOutputModel, build_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AttrDict",
+    "BaseSSLMultiInputOutputModel",
+    "CheckpointError",
+    "ConfigError",
+    "LoadReport",
+    "LoadedCheckpoint",
+    "build_model",
+    "get_model_head",
+    "get_model_trunk",
+    "list_heads",
+    "list_trunks",
+    "load_checkpoint",
+    "load_config",
+    "register_model",
+    "register_model_head",
+    "register_model_trunk",
+]

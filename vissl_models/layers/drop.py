@@ -1,0 +1,30 @@
+"""Stochastic depth."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def drop_path(x: torch.Tensor, drop_prob: float = 0.0, training: bool = False) -> torch.Tensor:
+    """Zero whole samples of a residual branch with probability ``drop_prob`` (training only)."""
+    if drop_prob == 0.0 or not training:
+        return x
+    keep_prob = 1.0 - drop_prob
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    mask = (keep_prob + torch.rand(shape, dtype=x.dtype, device=x.device)).floor_()
+    return x.div(keep_prob) * mask
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample, as a module."""
+
+    def __init__(self, drop_prob: float = 0.0) -> None:
+        super().__init__()
+        self.drop_prob = float(drop_prob or 0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return drop_path(x, self.drop_prob, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.drop_prob}"

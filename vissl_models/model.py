@@ -1,0 +1,278 @@
+"""``BaseSSLMultiInputOutputModel``: a registry-built trunk plus heads, with VISSL's forward paths."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+from classy_vision.models import ClassyModel
+from torch import nn
+
+from .checkpoint.load import LoadReport, apply_weights_init, check_module_state, load_module_state
+from .config import AttrDict, ConfigError, load_config
+from .feature_extractor import FeatureExtractorModel
+from .layers import convert_sync_batchnorm
+from .model_helpers import FeatureEvalSettings
+from .registry import MODELS, get_model_head, get_model_trunk, register_model
+
+logger = logging.getLogger(__name__)
+
+Batch = Union[torch.Tensor, List[torch.Tensor], Dict[str, Any]]
+
+
+def complete_model_config(model_config: Mapping) -> AttrDict:
+    """``model_config`` merged over the defaults and validated (a full config passes unchanged)."""
+    return load_config({"MODEL": model_config}).MODEL
+
+
+def _crop_groups(batch: Sequence[torch.Tensor], single_pass_every_crop: bool) -> List[Tuple[int, int]]:
+    """[start, end) ranges of consecutive crops that share a spatial size (one trunk pass each)."""
+    if single_pass_every_crop:
+        return [(i, i + 1) for i in range(len(batch))]
+    groups, start = [], 0
+    for i in range(1, len(batch) + 1):
+        if i == len(batch) or batch[i].shape[-2:] != batch[start].shape[-2:]:
+            groups.append((start, i))
+            start = i
+    return groups
+
+
+@register_model("multi_input_output_model")
+class BaseSSLMultiInputOutputModel(ClassyModel):
+    """A self-supervised model: ``trunk`` computes features, ``heads`` compute outputs.
+
+    Forward takes a tensor (one input), a list of tensors (multi-crop: consecutive crops of the
+    same size share one trunk pass, features are concatenated in crop order, heads run once), or
+    a dict of inputs routed by ``MULTI_INPUT_HEAD_MAPPING`` (PIRL images + patches). It returns a
+    list with one output per head (a head chain gives one output).
+    """
+
+    # classy_vision would wrap every instance in a head-executor wrapper, which breaks
+    # torch.compile; this model has no classy heads to execute.
+    wrapper_cls = None
+
+    def __init__(self, model_config: Mapping, optimizer_config: Optional[Mapping] = None) -> None:
+        self.model_config = complete_model_config(model_config)
+        self.optimizer_config = optimizer_config
+        super().__init__()
+        self.eval_settings = FeatureEvalSettings.from_config(self.model_config)
+        self.eval_mode = self.eval_settings.is_feature_extractor
+        self.trunk = self._get_trunk()
+        self.heads = nn.ModuleList()
+        self.head_names: List[str] = []
+        self._output_feature_names = self.eval_settings.output_feature_names
+        self._get_heads()
+        self._setup_multi_input_head_mapping()
+        self._apply_freezing()
+
+    # ------------------------------------------------------------------ building
+    def _get_trunk(self) -> nn.Module:
+        if self.eval_settings.is_feature_extractor:
+            return FeatureExtractorModel(self.model_config, self.eval_settings)
+        name = self.model_config.TRUNK.NAME
+        return get_model_trunk(name)(self.model_config, name)
+
+    def _build_head_module(self, head_param: Sequence) -> nn.Module:
+        if not isinstance(head_param, (list, tuple)) or not head_param or not isinstance(head_param[0], str):
+            raise ConfigError(f"MODEL.HEAD.PARAMS: expected [name, {{options}}], got {head_param!r}")
+        name = head_param[0]
+        kwargs = dict(head_param[1]) if len(head_param) > 1 and head_param[1] is not None else {}
+        builder = get_model_head(name)
+        try:
+            inspect.signature(builder).bind(self.model_config, **kwargs)
+        except TypeError as e:
+            params = [p for p in inspect.signature(builder).parameters][1:]
+            raise ConfigError(f"MODEL.HEAD.PARAMS: head {name!r} options {sorted(kwargs)}: {e}; "
+                              f"accepted options: {params}") from None
+        return builder(self.model_config, **kwargs)
+
+    def _get_heads(self) -> None:
+        for head_param in self.model_config.HEAD.PARAMS:
+            if head_param and isinstance(head_param[0], (list, tuple)):
+                modules = [self._build_head_module(p) for p in head_param]
+                self.heads.append(nn.Sequential(*modules))
+                self.head_names.append("->".join(p[0] for p in head_param))
+            else:
+                self.heads.append(self._build_head_module(head_param))
+                self.head_names.append(head_param[0])
+
+    def _setup_multi_input_head_mapping(self) -> None:
+        mapping = self.model_config.MULTI_INPUT_HEAD_MAPPING
+        self._input_keys: List[str] = []
+        self._input_to_head_map: Dict[str, List[nn.Module]] = {}
+        self._input_to_eval_features_map: Dict[str, List[str]] = {}
+        if len(mapping) == 0:
+            return
+        if len(mapping) != len(self.heads):
+            raise ConfigError(
+                f"MODEL.MULTI_INPUT_HEAD_MAPPING has {len(mapping)} entries but MODEL.HEAD.PARAMS "
+                f"builds {len(self.heads)} heads; they must pair one to one"
+            )
+        for (key, features), head in zip(mapping, self.heads):
+            if key in self._input_to_eval_features_map:
+                raise ValueError(f"duplicate key {key!r} specified for MODEL.MULTI_INPUT_HEAD_MAPPING")
+            self._input_keys.append(key)
+            self._input_to_head_map[key] = [head]
+            self._input_to_eval_features_map[key] = list(features)
+
+    def _apply_freezing(self) -> None:
+        s = self.eval_settings
+        if s.eval_mode_on and s.freeze_trunk_only:
+            self.freeze_trunk()
+        elif s.eval_mode_on and s.freeze_trunk_and_head:
+            self.freeze_head_and_trunk()
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, batch: Batch) -> List[Any]:
+        """Dispatch on the input: dict (multi-input), list (multi-crop) or tensor."""
+        if self._input_keys:
+            return self.multi_input_with_head_mapping_forward(batch)
+        if isinstance(batch, (list, tuple)):
+            return self.multi_res_input_forward(list(batch), self._output_feature_names)
+        return self.single_input_forward(batch, self._output_feature_names, self.heads)
+
+    def multi_input_with_head_mapping_forward(self, batch: Mapping[str, Any]) -> List[Any]:
+        """Trunk + the mapped head on each input of the dict; one output per input key."""
+        if not isinstance(batch, Mapping):
+            raise TypeError(
+                f"this model takes a dict with keys {self._input_keys} (MODEL.MULTI_INPUT_HEAD_MAPPING), "
+                f"got {type(batch).__name__}"
+            )
+        missing = [k for k in self._input_keys if k not in batch]
+        if missing:
+            raise KeyError(f"input dict lacks {missing}; it has {list(batch)} and the model needs {self._input_keys}")
+        outputs = []
+        for key in self._input_keys:
+            out = self.single_input_forward(batch[key], self._input_to_eval_features_map[key], self._input_to_head_map[key])
+            outputs.append(out[0] if len(out) == 1 else out)
+        return outputs
+
+    def multi_res_input_forward(self, batch: List[torch.Tensor], feature_names: Sequence[str]) -> List[Any]:
+        """Multi-crop: one trunk pass per run of equal-size crops, features concatenated, heads once."""
+        feats = []
+        for start, end in _crop_groups(batch, self.model_config.SINGLE_PASS_EVERY_CROP):
+            feat = self.trunk(torch.cat(batch[start:end]), feature_names)
+            if len(feat) != 1:
+                raise ValueError(f"multi-crop input needs one trunk feature per crop, the trunk returned {len(feat)}")
+            feats.append(feat[0])
+        return self.heads_forward([torch.cat(feats)], self.heads)
+
+    def single_input_forward(self, batch: torch.Tensor, feature_names: Sequence[str], heads: Sequence[nn.Module]) -> List[Any]:
+        """Trunk then heads; only the trunk with EVAL_MODE_ON and EXTRACT_TRUNK_FEATURES_ONLY."""
+        if not isinstance(batch, torch.Tensor):
+            raise TypeError(f"expected a tensor input, got {type(batch).__name__}")
+        feats = self.trunk(batch, feature_names)
+        if self.eval_settings.trunk_features_only:
+            return feats
+        return self.heads_forward(feats, heads)
+
+    def heads_forward(self, feats: Sequence[torch.Tensor], heads: Sequence[nn.Module]) -> List[Any]:
+        """One head per feature, or one feature through a chain of several head modules."""
+        if len(feats) == len(heads):
+            return [head(feat) for feat, head in zip(feats, heads)]
+        if len(heads) > 1 and len(feats) == 1:
+            out = feats[0]
+            for head in heads:
+                out = head(out)
+            return [out]
+        raise ValueError(
+            f"Mismatch in #head: {len(heads)} and #features: {len(feats)}: heads pair one to one with "
+            "trunk features, or several heads chain on one feature"
+        )
+
+    def get_features(self, batch: torch.Tensor) -> List[torch.Tensor]:
+        """The trunk's output features (with pooling ops in feature-extractor mode)."""
+        return self.trunk(batch)
+
+    # ------------------------------------------------------------------ freezing
+    def freeze_head(self) -> None:
+        for p in self.heads.parameters():
+            p.requires_grad = False
+
+    def freeze_trunk(self) -> None:
+        for p in self.trunk.parameters():
+            p.requires_grad = False
+
+    def freeze_head_and_trunk(self) -> None:
+        self.freeze_trunk()
+        self.freeze_head()
+
+    def is_fully_frozen_model(self) -> bool:
+        return not any(p.requires_grad for p in self.parameters())
+
+    def convert_sync_batchnorm(self, process_group=None) -> "BaseSSLMultiInputOutputModel":
+        """Convert BatchNorm layers to SyncBatchNorm as MODEL.SYNC_BN_CONFIG asks (call before DDP)."""
+        cfg = self.model_config.SYNC_BN_CONFIG
+        if cfg.CONVERT_BN_TO_SYNC_BN:
+            convert_sync_batchnorm(self, cfg.SYNC_BN_TYPE, process_group)
+        return self
+
+    # ------------------------------------------------------------------ checkpoints
+    def get_classy_state(self, deep_copy: bool = False) -> Dict[str, Any]:
+        """``{"model": {"trunk": trunk.state_dict(), "heads": heads.state_dict()}}``."""
+        state = {"model": {"trunk": self.trunk.state_dict(), "heads": self.heads.state_dict()}}
+        return copy.deepcopy(state) if deep_copy else state
+
+    def set_classy_state(self, state: Mapping[str, Any], strict_heads: bool = False) -> LoadReport:
+        """Load ``state["model"]["trunk"]`` (strict) and ``["heads"]`` (partial allowed, reported).
+
+        Shapes are checked first, so a mismatching checkpoint raises without changing the model.
+        """
+        try:
+            trunk_state, heads_state = state["model"]["trunk"], state["model"]["heads"]
+        except (KeyError, TypeError):
+            raise KeyError("set_classy_state expects {'model': {'trunk': ..., 'heads': ...}}") from None
+        # Check both parts before loading either, so a failure leaves the model as it was.
+        check_module_state(self.trunk, trunk_state, "trunk", strict=True)
+        check_module_state(self.heads, heads_state, "heads", strict=strict_heads)
+        trunk_report = load_module_state(self.trunk, trunk_state, "trunk", strict=True)
+        heads_report = load_module_state(self.heads, heads_state, "heads", strict=strict_heads)
+        report = LoadReport(
+            loaded=[f"trunk.{k}" for k in trunk_report.loaded] + [f"heads.{k}" for k in heads_report.loaded],
+            missing=[f"heads.{k}" for k in heads_report.missing],
+            unexpected=[f"heads.{k}" for k in heads_report.unexpected],
+        )
+        if not report.ok:
+            logger.warning("set_classy_state: %s", report.summary())
+        return report
+
+    def init_model_from_weights_config(self) -> Optional[LoadReport]:
+        """Apply MODEL.WEIGHTS_INIT (PARAMS_FILE, STATE_DICT_KEY_NAME, SKIP_LAYERS, prefixes).
+
+        Returns ``None`` when PARAMS_FILE is empty. A missing file raises ``FileNotFoundError``.
+        """
+        weights_init = self.model_config.WEIGHTS_INIT
+        if not weights_init.PARAMS_FILE:
+            return None
+        report = apply_weights_init(self, weights_init)
+        logger.info("initialised from %s: %s", weights_init.PARAMS_FILE, report)
+        return report
+
+    def load_checkpoint(self, path: str, strict_heads: bool = False) -> LoadReport:
+        """Load a VISSL checkpoint file (any layout ``load_checkpoint`` knows) into this model."""
+        from .checkpoint.io import load_checkpoint
+
+        return self.set_classy_state(load_checkpoint(path).classy_state(), strict_heads=strict_heads)
+
+
+def build_model(
+    model_config: Mapping, optimizer_config: Optional[Mapping] = None, *, load_weights: bool = False
+) -> nn.Module:
+    """Build the model named by ``MODEL.BASE_MODEL_NAME`` (default ``multi_input_output_model``).
+
+    ``load_weights=True`` then applies MODEL.WEIGHTS_INIT (see
+    ``BaseSSLMultiInputOutputModel.init_model_from_weights_config``). It is off by default, as in
+    the original, whose composed configs often carry a placeholder PARAMS_FILE that only the
+    training engine resolves.
+    """
+    model_config = complete_model_config(model_config)
+    model = MODELS.get(model_config.BASE_MODEL_NAME)(model_config, optimizer_config)
+    if load_weights:
+        init = getattr(model, "init_model_from_weights_config", None)
+        if init is None:
+            raise TypeError(f"{type(model).__name__} cannot apply MODEL.WEIGHTS_INIT (no init_model_from_weights_config)")
+        model.weights_init_report = init()
+    return model
