@@ -37,8 +37,8 @@ class FeatureExtractorModel(nn.Module):
             p.requires_grad = False
         self.base_model.eval()
 
-    def forward(self, batch: torch.Tensor, out_feat_keys: Optional[Sequence[str]] = None) -> List[torch.Tensor]:
-        feats = self.base_model(batch, out_feat_keys)
+    def forward(self, batch: torch.Tensor, out_feat_keys: Optional[Sequence[str]] = None, **kwargs) -> List[torch.Tensor]:
+        feats = self.base_model(batch, out_feat_keys, **kwargs)
         if len(feats) != len(self.feature_pool_ops):
             raise ValueError(
                 f"the trunk returned {len(feats)} features but {len(self.feature_pool_ops)} pooling ops "

@@ -15,7 +15,7 @@ from .checkpoint.load import LoadReport, apply_weights_init, check_module_state,
 from .config import AttrDict, ConfigError, load_config
 from .feature_extractor import FeatureExtractorModel
 from .layers import convert_sync_batchnorm
-from .model_helpers import FeatureEvalSettings
+from .model_helpers import FeatureEvalSettings, MultiInputMapping
 from .registry import MODELS, get_model_head, get_model_trunk, register_model
 
 logger = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class BaseSSLMultiInputOutputModel(ClassyModel):
         self.head_names: List[str] = []
         self._output_feature_names = self.eval_settings.output_feature_names
         self._get_heads()
-        self._setup_multi_input_head_mapping()
+        self.multi_input_mapping = MultiInputMapping.from_config(self.model_config)
         self._apply_freezing()
 
     # ------------------------------------------------------------------ building
@@ -90,33 +90,23 @@ class BaseSSLMultiInputOutputModel(ClassyModel):
         return builder(self.model_config, **kwargs)
 
     def _get_heads(self) -> None:
+        # Heads are initialised from their own seed (MODEL._MODEL_INIT_SEED, + i within a chain),
+        # as in the original, so their initial weights do not depend on the trunk.
+        seed = int(self.model_config.get("_MODEL_INIT_SEED", 0))
         for head_param in self.model_config.HEAD.PARAMS:
             if head_param and isinstance(head_param[0], (list, tuple)):
-                modules = [self._build_head_module(p) for p in head_param]
+                modules = []
+                for i, p in enumerate(head_param):
+                    with torch.random.fork_rng(devices=[]):
+                        torch.manual_seed(seed + i)
+                        modules.append(self._build_head_module(p))
                 self.heads.append(nn.Sequential(*modules))
                 self.head_names.append("->".join(p[0] for p in head_param))
             else:
-                self.heads.append(self._build_head_module(head_param))
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(seed)
+                    self.heads.append(self._build_head_module(head_param))
                 self.head_names.append(head_param[0])
-
-    def _setup_multi_input_head_mapping(self) -> None:
-        mapping = self.model_config.MULTI_INPUT_HEAD_MAPPING
-        self._input_keys: List[str] = []
-        self._input_to_head_map: Dict[str, List[nn.Module]] = {}
-        self._input_to_eval_features_map: Dict[str, List[str]] = {}
-        if len(mapping) == 0:
-            return
-        if len(mapping) != len(self.heads):
-            raise ConfigError(
-                f"MODEL.MULTI_INPUT_HEAD_MAPPING has {len(mapping)} entries but MODEL.HEAD.PARAMS "
-                f"builds {len(self.heads)} heads; they must pair one to one"
-            )
-        for (key, features), head in zip(mapping, self.heads):
-            if key in self._input_to_eval_features_map:
-                raise ValueError(f"duplicate key {key!r} specified for MODEL.MULTI_INPUT_HEAD_MAPPING")
-            self._input_keys.append(key)
-            self._input_to_head_map[key] = [head]
-            self._input_to_eval_features_map[key] = list(features)
 
     def _apply_freezing(self) -> None:
         s = self.eval_settings
@@ -128,25 +118,30 @@ class BaseSSLMultiInputOutputModel(ClassyModel):
     # ------------------------------------------------------------------ forward
     def forward(self, batch: Batch) -> List[Any]:
         """Dispatch on the input: dict (multi-input), list (multi-crop) or tensor."""
-        if self._input_keys:
+        if self.multi_input_mapping:
             return self.multi_input_with_head_mapping_forward(batch)
         if isinstance(batch, (list, tuple)):
             return self.multi_res_input_forward(list(batch), self._output_feature_names)
         return self.single_input_forward(batch, self._output_feature_names, self.heads)
 
     def multi_input_with_head_mapping_forward(self, batch: Mapping[str, Any]) -> List[Any]:
-        """Trunk + the mapped head on each input of the dict; one output per input key."""
+        """Trunk + mapped head on each input of the dict that is present; one output per input.
+
+        Inputs named in MULTI_INPUT_HEAD_MAPPING but absent from the batch are skipped, as in the
+        original (e.g. evaluating on global views only).
+        """
         if not isinstance(batch, Mapping):
             raise TypeError(
-                f"this model takes a dict with keys {self._input_keys} (MODEL.MULTI_INPUT_HEAD_MAPPING), "
-                f"got {type(batch).__name__}"
+                f"this model takes a dict with keys {list(self.multi_input_mapping.input_keys)} "
+                f"(MODEL.MULTI_INPUT_HEAD_MAPPING), got {type(batch).__name__}"
             )
-        missing = [k for k in self._input_keys if k not in batch]
-        if missing:
-            raise KeyError(f"input dict lacks {missing}; it has {list(batch)} and the model needs {self._input_keys}")
+        m = self.multi_input_mapping
         outputs = []
-        for key in self._input_keys:
-            out = self.single_input_forward(batch[key], self._input_to_eval_features_map[key], self._input_to_head_map[key])
+        for key, names, head_idx, extra in zip(m.input_keys, m.feat_names, m.head_index, m.additional_keys):
+            if key not in batch:
+                continue
+            kwargs = {k: batch[k] for k in extra if k in batch}
+            out = self.single_input_forward(batch[key], names, [self.heads[head_idx]], **kwargs)
             outputs.append(out[0] if len(out) == 1 else out)
         return outputs
 
@@ -160,11 +155,16 @@ class BaseSSLMultiInputOutputModel(ClassyModel):
             feats.append(feat[0])
         return self.heads_forward([torch.cat(feats)], self.heads)
 
-    def single_input_forward(self, batch: torch.Tensor, feature_names: Sequence[str], heads: Sequence[nn.Module]) -> List[Any]:
-        """Trunk then heads; only the trunk with EVAL_MODE_ON and EXTRACT_TRUNK_FEATURES_ONLY."""
+    def single_input_forward(
+        self, batch: torch.Tensor, feature_names: Sequence[str], heads: Sequence[nn.Module], **kwargs: Any
+    ) -> List[Any]:
+        """Trunk then heads; only the trunk with EVAL_MODE_ON and EXTRACT_TRUNK_FEATURES_ONLY.
+
+        ``kwargs`` (e.g. an iBOT ``mask``) go to the trunk.
+        """
         if not isinstance(batch, torch.Tensor):
             raise TypeError(f"expected a tensor input, got {type(batch).__name__}")
-        feats = self.trunk(batch, feature_names)
+        feats = self.trunk(batch, feature_names, **kwargs)
         if self.eval_settings.trunk_features_only:
             return feats
         return self.heads_forward(feats, heads)
@@ -199,6 +199,12 @@ class BaseSSLMultiInputOutputModel(ClassyModel):
     def freeze_head_and_trunk(self) -> None:
         self.freeze_trunk()
         self.freeze_head()
+
+    def is_clustering_model(self) -> bool:
+        """One head containing a SwAV prototypes head."""
+        from .heads.swav import SwAVPrototypesHead
+
+        return len(self.heads) == 1 and any(isinstance(m, SwAVPrototypesHead) for m in self.heads[0].modules())
 
     def is_fully_frozen_model(self) -> bool:
         return not any(p.requires_grad for p in self.parameters())

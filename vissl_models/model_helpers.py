@@ -75,3 +75,52 @@ def get_trunk_output_feature_names(model_config: Mapping) -> List[str]:
     """Feature names the trunk is asked for: those of LINEAR_EVAL_FEAT_POOL_OPS_MAP in
     feature-extractor mode, else none (the trunk's last feature)."""
     return FeatureEvalSettings.from_config(model_config).output_feature_names
+
+
+@dataclass(frozen=True)
+class MultiInputMapping:
+    """``MODEL.MULTI_INPUT_HEAD_MAPPING``: which input goes through which features and head.
+
+    Entries are ``[input_key, [feature names]]`` (legacy form; entry i uses head i, or the last
+    head when there are fewer heads) or ``[input_key, {"feat_names": [...], "head_index": i,
+    "additional_keys": ["mask"]}]``, where additional keys are other inputs of the batch passed
+    to the trunk as keyword arguments.
+    """
+
+    input_keys: Tuple[str, ...] = ()
+    feat_names: Tuple[Tuple[str, ...], ...] = ()
+    head_index: Tuple[int, ...] = ()
+    additional_keys: Tuple[Tuple[str, ...], ...] = ()
+
+    @classmethod
+    def from_config(cls, model_config: Mapping) -> "MultiInputMapping":
+        entries = model_config["MULTI_INPUT_HEAD_MAPPING"]
+        num_heads = len(model_config["HEAD"]["PARAMS"])
+        keys, feats, heads, extra = [], [], [], []
+        for idx, entry in enumerate(entries):
+            where = f"MODEL.MULTI_INPUT_HEAD_MAPPING[{idx}]"
+            if not isinstance(entry, (list, tuple)) or len(entry) != 2:
+                raise ConfigError(f"{where}: got {entry!r}, expected [input_key, [features]] or "
+                                  "[input_key, {feat_names, head_index, additional_keys}]")
+            key, spec = entry
+            if key in keys:
+                raise ValueError(f"duplicate key {key} specified for MODEL.MULTI_INPUT_HEAD_MAPPING.")
+            default_head = min(idx, num_heads - 1)
+            if isinstance(spec, Mapping):
+                unknown = set(spec) - {"feat_names", "head_index", "additional_keys"}
+                if unknown or "feat_names" not in spec:
+                    raise ConfigError(f"{where}: options {sorted(spec)}; expected feat_names and optionally "
+                                      "head_index, additional_keys")
+                names, head, more = spec["feat_names"], spec.get("head_index", default_head), spec.get("additional_keys", [])
+            else:
+                names, head, more = spec, default_head, []
+            if not 0 <= head < max(num_heads, 1) or num_heads == 0:
+                raise ConfigError(f"{where}: head index {head} but MODEL.HEAD.PARAMS has {num_heads} heads")
+            keys.append(str(key))
+            feats.append(tuple(names))
+            heads.append(int(head))
+            extra.append(tuple(more))
+        return cls(tuple(keys), tuple(feats), tuple(heads), tuple(extra))
+
+    def __bool__(self) -> bool:
+        return len(self.input_keys) > 0
