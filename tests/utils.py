@@ -56,3 +56,13 @@ def grads_missing(module: torch.nn.Module, allowed: Iterable[str] = ()) -> list:
         n for n, p in module.named_parameters()
         if p.requires_grad and (p.grad is None) and not any(a in n for a in allowed)
     ]
+
+
+TINY_RESNET = {"TRUNK": {"NAME": "resnet", "RESNETS": {"DEPTH": 18}}}
+
+
+def tiny_model(seed: int = 0, **sections: Any):
+    """A resnet18 model (32px inputs give 512-d features) with the given MODEL sections merged."""
+    torch.manual_seed(seed)
+    cfg = model_config(**deep_update(TINY_RESNET, sections))
+    return vissl_models.build_model(cfg)

@@ -184,8 +184,9 @@ class BaseSSLMultiInputOutputModel(ClassyModel):
         )
 
     def get_features(self, batch: torch.Tensor) -> List[torch.Tensor]:
-        """The trunk's output features (with pooling ops in feature-extractor mode)."""
-        return self.trunk(batch)
+        """The trunk's output features: the configured pooled features in feature-extractor mode,
+        else the trunk's last feature."""
+        return self.trunk(batch, self._output_feature_names)
 
     # ------------------------------------------------------------------ freezing
     def freeze_head(self) -> None:

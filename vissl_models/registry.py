@@ -38,6 +38,13 @@ class Registry:
 
         return add
 
+    def unregister(self, name: str) -> Callable:
+        """Remove and return an entry (for plugins and tests that register temporarily)."""
+        try:
+            return self._entries.pop(name)
+        except KeyError:
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; registered: {self.names()}") from None
+
     def get(self, name: str) -> Callable:
         try:
             return self._entries[name]

@@ -25,7 +25,9 @@ class LoadReport:
     def ok(self) -> bool:
         return not self.missing and not self.unexpected
 
-    def summary(self) -> str:
+    def details(self) -> str:
+        """The non-empty key lists, each as ``; N <what>: k1, k2, ...``."""
+
         def part(name: str, keys: Sequence[str]) -> str:
             if not keys:
                 return ""
@@ -33,12 +35,14 @@ class LoadReport:
             return f"; {len(keys)} {name}: {shown}"
 
         return (
-            f"loaded {len(self.loaded)} keys"
-            + part("missing from checkpoint", self.missing)
+            part("missing from checkpoint", self.missing)
             + part("unexpected in checkpoint", self.unexpected)
             + part("skipped on purpose", self.skipped)
             + part("skipped for shape", self.shape_mismatch_skipped)
         )
+
+    def summary(self) -> str:
+        return f"loaded {len(self.loaded)} keys{self.details()}"
 
     __str__ = summary
 

@@ -126,7 +126,11 @@ def _segments(units, wanted, splits: int):
 
 
 class _RunSegment:
-    """Callable for ``checkpoint``: the recompute pass must not update BatchNorm statistics twice."""
+    """Callable for ``checkpoint``: the recompute pass must not update BatchNorm statistics twice.
+
+    The recompute restores the statistics it changed rather than switching tracking off, so both
+    passes save the same tensors (non-reentrant checkpointing checks that).
+    """
 
     def __init__(self, modules: Sequence[nn.Module]) -> None:
         self.modules = modules
@@ -135,21 +139,25 @@ class _RunSegment:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         recompute = self.calls > 0
         self.calls += 1
-        norms = []
+        saved = []
         if recompute:
             for m in self.modules:
                 for bn in m.modules():
-                    if isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.track_running_stats:
-                        # In training mode this keeps batch statistics but skips the update.
-                        bn.track_running_stats = False
-                        norms.append(bn)
+                    if isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.training and bn.track_running_stats:
+                        saved.append((bn, [t.clone() for t in _bn_stats(bn)]))
         try:
             for m in self.modules:
                 x = m(x)
         finally:
-            for bn in norms:
-                bn.track_running_stats = True
+            with torch.no_grad():
+                for bn, values in saved:
+                    for t, v in zip(_bn_stats(bn), values):
+                        t.copy_(v)
         return x
+
+
+def _bn_stats(bn: nn.Module) -> List[torch.Tensor]:
+    return [t for t in (bn.running_mean, bn.running_var, bn.num_batches_tracked) if t is not None]
 
 
 def _checkpointed_forward(x, feature_blocks, names, wanted, splits):
