@@ -163,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command")
     s = sub.add_parser("summary", help="build a model from a config and report its shape, size and outputs")
     s.add_argument("config", help="YAML config path, or a shipped config name (e.g. swav_resnet50)")
-    s.add_argument("overrides", nargs="*", help="hydra-style overrides, e.g. config.MODEL.TRUNK.RESNETS.DEPTH=101")
+    # Overrides (KEY=VALUE) may come anywhere after CONFIG; parse_args collects them.
     s.add_argument("--weights", help="checkpoint to load; reports key coverage")
     s.add_argument("--crops", help="multi-crop input, e.g. 2x224,6x96 (count x size)")
     s.add_argument("--input", action="append", default=[], dest="inputs",
@@ -172,8 +172,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Parse ``argv``; KEY=VALUE words after the config become ``overrides``, anywhere among options."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    bad = [w for w in extra if w.startswith("-") or "=" not in w]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    args.overrides = extra
+    return args
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         if args.command is None:
             return summary(DEFAULT_CONFIG, crops=DEFAULT_CROPS)

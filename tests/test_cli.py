@@ -1,0 +1,62 @@
+"""The vissl-models command line."""
+
+import io
+import subprocess
+import sys
+
+import torch
+
+from vissl_models import cli
+from utils import tiny_model
+
+TINY = ["config.MODEL.TRUNK.RESNETS.DEPTH=18", "config.MODEL.HEAD.PARAMS=[['mlp', {'dims': [512, 16]}]]"]
+
+
+def run(argv):
+    out = io.StringIO()
+    args = cli.parse_args(argv)
+    code = cli.summary(args.config, args.overrides, args.weights, args.crops, args.inputs, not args.no_flops, out=out)
+    return code, out.getvalue()
+
+
+def test_default_run_needs_no_arguments():
+    proc = subprocess.run([sys.executable, "-m", "vissl_models.cli"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout
+    assert "trunk      resnet" in text and "swav_head" in text
+    assert "multi-crop 2x224px + 6x96px" in text
+    assert "[['8x128', '8x3000']]" in text
+    assert "GFLOPs" in text and "28,354,752" in text
+
+
+def test_summary_of_a_shipped_config_with_overrides_and_crops():
+    code, text = run(["summary", "simclr_resnet50", *TINY, "--crops", "2x64,2x32"])
+    assert code == 0
+    assert "outputs    [['4x16']]" not in text and "[" in text
+    assert "multi-crop 2x64px + 2x32px" in text and "GFLOPs" in text
+
+
+def test_summary_multi_input_config():
+    code, text = run(["summary", "pirl_resnet50", "--no-flops", "config.MODEL.TRUNK.RESNETS.DEPTH=50"])
+    assert code == 0
+    assert "patches=18x3x64x64, images=2x3x224x224" in text
+    assert "outputs    ['2x128', '2x128']" in text
+
+
+def test_summary_with_weights_reports_coverage(tmp_path):
+    model = tiny_model(HEAD={"PARAMS": [["mlp", {"dims": [512, 16]}]]})
+    state = model.get_classy_state(deep_copy=True)
+    del state["model"]["heads"]["0.clf.0.bias"]
+    path = tmp_path / "w.torch"
+    torch.save({"classy_state_dict": {"base_model": state}}, path)
+    code, text = run(["summary", "simclr_resnet50", *TINY, "--no-flops", "--weights", str(path)])
+    assert code == 0
+    assert "layout vissl_classy" in text
+    assert "heads: 1/2 keys loaded; 1 missing from checkpoint: 0.clf.0.bias" in text
+
+
+def test_errors_are_one_line_and_exit_2(capsys):
+    assert cli.main(["summary", "no_such_config"]) == 2
+    assert "shipped:" in capsys.readouterr().err
+    assert cli.main(["summary", "simclr_resnet50", "config.MODEL.TRUNK.RESNETS.DEPTH=51", "--no-flops"]) == 2
+    assert "DEPTH: got 51" in capsys.readouterr().err
