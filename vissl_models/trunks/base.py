@@ -71,11 +71,13 @@ def forward_feature_blocks(
     out_feat_keys: Optional[Sequence[str]],
     feature_mapping: Mapping[str, str],
     checkpointing_splits: int = 0,
+    requested_order: bool = False,
 ) -> List[torch.Tensor]:
     """Run ``feature_blocks`` in order, stopping after the last requested feature.
 
-    Output order follows the original: requested order when a name repeats, network order when
-    all names are distinct (heads were trained against that pairing, so it is kept).
+    Output order follows the original's shared helper: requested order when a name repeats,
+    network order when all names are distinct (heads were trained against that pairing, so it is
+    kept). Trunks whose original always returned the requested order pass ``requested_order``.
     ``checkpointing_splits > 0`` recomputes activations in that many segments during backward.
     """
     names = list(feature_blocks.keys())
@@ -89,7 +91,7 @@ def forward_feature_blocks(
             x = feature_blocks[name](x)
             if name in wanted_set:
                 found[name] = x
-    if len(wanted_set) == len(wanted):
+    if len(wanted_set) == len(wanted) and not requested_order:
         return [found[n] for n in names if n in found]
     return [found[n] for n in wanted]
 
