@@ -122,6 +122,20 @@ def weights_init_state(model, weights_init: Mapping, path: str) -> Dict[str, tor
     return dict(state)
 
 
+def _interpolate_position_embedding(model, key: str, value: torch.Tensor) -> torch.Tensor:
+    """Resize a checkpoint's position embedding with the trunk's own method (fine-tuning at
+    another resolution), as the original did; trunks without the method keep the value."""
+    trunk = getattr(model.trunk, "base_model", model.trunk)
+    interp = getattr(trunk, "interpolate_position_embedding", None)
+    if not callable(interp):
+        return value
+    try:
+        return interp(value)
+    except Exception as e:
+        raise ValueError(f"{key}: cannot interpolate the checkpoint's position embedding "
+                         f"{tuple(value.shape)} to the model's: {e}") from e
+
+
 def apply_weights_init(model, weights_init: Mapping) -> LoadReport:
     """Initialise ``model`` from ``MODEL.WEIGHTS_INIT`` (PARAMS_FILE and its key/prefix options).
 
@@ -149,6 +163,8 @@ def apply_weights_init(model, weights_init: Mapping) -> LoadReport:
             report.skipped.append(key)
             continue
         value = _as_tensor(state[key])
+        if "pos_embedding" in key and tuple(value.shape) != tuple(target.shape):
+            value = _interpolate_position_embedding(model, key, value)
         if tuple(value.shape) != tuple(target.shape):
             if key.startswith("heads.") and not settings.assert_head_layer_shape_init:
                 report.shape_mismatch_skipped.append(key)

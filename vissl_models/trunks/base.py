@@ -127,7 +127,7 @@ def _segments(units, wanted, splits: int):
     return segments
 
 
-class _RunSegment:
+class RecomputeSafeSegment:
     """Callable for ``checkpoint``: the recompute pass must not update BatchNorm statistics twice.
 
     The recompute restores the statistics it changed rather than switching tracking off, so both
@@ -166,7 +166,7 @@ def _checkpointed_forward(x, feature_blocks, names, wanted, splits):
     found: Dict[str, torch.Tensor] = {}
     for segment in _segments(_units(feature_blocks, names), wanted, splits):
         modules = [m for m, _ in segment]
-        x = checkpoint(_RunSegment(modules), x, use_reentrant=False)
+        x = checkpoint(RecomputeSafeSegment(modules), x, use_reentrant=False)
         for m, name in segment:
             if name in wanted:
                 found[name] = x
