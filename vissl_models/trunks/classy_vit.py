@@ -1,0 +1,284 @@
+"""Vision Transformer trunk ``classy_vit``: classy_vision's ViT, re-built on PyTorch's fused attention.
+
+The original wrapped ``classy_vision.models.VisionTransformer`` under the attribute ``model``, so
+the keys are ``model.class_token``, ``model.conv_proj.*``, ``model.encoder.pos_embedding``
+(``(seq, 1, dim)``), ``model.encoder.layers.layer_<i>.{ln_1, self_attention, ln_2, mlp}.*`` and
+``model.encoder.ln.*``; classy_vision ViT weights load once their keys get the ``model.`` prefix.
+Here the same parameters run batch-first through ``scaled_dot_product_attention`` (no
+``ClassyModel`` wrapper, so the trunk compiles), and the outputs equal classy_vision's.
+
+The trunk returns one feature: the final class token (``CLASSIFIER: token``) or the mean of all
+tokens (``gap``). As in the original, ``out_feat_keys`` does not select anything (configs name it
+e.g. ``avgpool``); one name is accepted, more raise. Only ``IMAGE_SIZE`` inputs are accepted, as
+in classy_vision, and ``MODEL.INPUT_TYPE`` must be ``rgb`` or ``bgr`` (the input is used as given).
+``VISION_TRANSFORMERS`` keys the original did not pass to classy_vision (``QKV_BIAS``,
+``DROP_PATH_RATE``, ...) have no effect.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import List, Mapping, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import options as opt
+from ..config.loader import ConfigError
+from ..layers import lecun_normal_init
+from ..registry import register_model_trunk
+
+CLASSIFIERS = ("token", "gap")
+
+
+@dataclass(frozen=True)
+class ClassyViTOptions:
+    """The ``MODEL.TRUNK.VISION_TRANSFORMERS`` keys the original passed to classy_vision."""
+
+    image_size: int = 224
+    patch_size: int = 16
+    num_layers: int = 12
+    num_heads: int = 12
+    hidden_dim: int = 768
+    mlp_dim: int = 3072
+    dropout_rate: float = 0.0
+    attention_dropout_rate: float = 0.0
+    classifier: str = "token"
+
+    @classmethod
+    def from_config(cls, section: Mapping) -> "ClassyViTOptions":
+        key = "MODEL.TRUNK.VISION_TRANSFORMERS."
+        options = cls(
+            image_size=opt.as_int(key + "IMAGE_SIZE", section["IMAGE_SIZE"], minimum=1),
+            patch_size=opt.as_int(key + "PATCH_SIZE", section["PATCH_SIZE"], minimum=1),
+            num_layers=opt.as_int(key + "NUM_LAYERS", section["NUM_LAYERS"], minimum=0),
+            num_heads=opt.as_int(key + "NUM_HEADS", section["NUM_HEADS"], minimum=1),
+            hidden_dim=opt.as_int(key + "HIDDEN_DIM", section["HIDDEN_DIM"], minimum=1),
+            mlp_dim=opt.as_int(key + "MLP_DIM", section["MLP_DIM"], minimum=1),
+            dropout_rate=opt.as_float(key + "DROPOUT_RATE", section["DROPOUT_RATE"], minimum=0.0),
+            attention_dropout_rate=opt.as_float(
+                key + "ATTENTION_DROPOUT_RATE", section["ATTENTION_DROPOUT_RATE"], minimum=0.0
+            ),
+            classifier=opt.choice(key + "CLASSIFIER", section["CLASSIFIER"], CLASSIFIERS),
+        )
+        options.validate(key)
+        return options
+
+    def validate(self, key: str = "") -> None:
+        """Raise a ``ConfigError`` for combinations classy_vision rejects."""
+        if self.image_size % self.patch_size:
+            raise ConfigError(
+                f"{key}IMAGE_SIZE: {self.image_size} is not divisible by PATCH_SIZE {self.patch_size}"
+            )
+        if self.hidden_dim % self.num_heads:
+            raise ConfigError(
+                f"{key}HIDDEN_DIM: {self.hidden_dim} is not divisible by NUM_HEADS {self.num_heads}"
+            )
+
+
+def check_single_feature(trunk: str, out_feat_keys: Optional[Sequence[str]]) -> None:
+    """These trunks compute one feature and, like the original, ignore its name; more than one raise."""
+    if out_feat_keys is not None and len(out_feat_keys) > 1:
+        raise ValueError(
+            f"trunk {trunk!r} returns a single feature (the original ignored out_feat_keys); "
+            f"got {len(out_feat_keys)} names: {list(out_feat_keys)}"
+        )
+
+
+class MLPBlock(nn.Module):
+    """``linear_1 -> GELU -> dropout_1 -> linear_2 -> dropout_2`` (classy_vision's and ConViT's key names)."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        mlp_dim: Optional[int] = None,
+        dropout_rate: float = 0.0,
+        out_dim: Optional[int] = None,
+        act_layer=nn.GELU,
+    ) -> None:
+        super().__init__()
+        mlp_dim = mlp_dim or in_dim
+        self.linear_1 = nn.Linear(in_dim, mlp_dim)
+        self.act = act_layer()
+        self.dropout_1 = nn.Dropout(dropout_rate)
+        self.linear_2 = nn.Linear(mlp_dim, out_dim or in_dim)
+        self.dropout_2 = nn.Dropout(dropout_rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout_2(self.linear_2(self.dropout_1(self.act(self.linear_1(x)))))
+
+
+class PackedSelfAttention(nn.Module):
+    """Self-attention with ``nn.MultiheadAttention``'s parameters (``in_proj_weight``, ``in_proj_bias``,
+    ``out_proj``), on batch-first ``(B, N, C)`` tokens through the fused SDPA kernel."""
+
+    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"attention: dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.dropout = float(dropout)
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * dim))
+        self.out_proj = nn.Linear(dim, dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # nn.MultiheadAttention's initialisation; out_proj.weight keeps nn.Linear's default.
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.in_proj_bias)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, C = x.shape
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        q, k, v = qkv.reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4).unbind(0)
+        drop = self.dropout if self.training else 0.0
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        return self.out_proj(x.transpose(1, 2).reshape(B, N, C))
+
+
+class EncoderBlock(nn.Module):
+    """Pre-norm transformer layer: ``x + dropout(attn(ln_1(x)))``, then ``x + mlp(ln_2(x))``."""
+
+    def __init__(
+        self, num_heads: int, hidden_dim: int, mlp_dim: int, dropout_rate: float, attention_dropout_rate: float
+    ) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(hidden_dim, eps=1e-6)
+        self.self_attention = PackedSelfAttention(hidden_dim, num_heads, attention_dropout_rate)
+        self.dropout = nn.Dropout(dropout_rate)
+        self.ln_2 = nn.LayerNorm(hidden_dim, eps=1e-6)
+        self.mlp = MLPBlock(hidden_dim, mlp_dim, dropout_rate)
+        # classy_vision's MLP initialisation.
+        for linear in (self.mlp.linear_1, self.mlp.linear_2):
+            nn.init.xavier_uniform_(linear.weight)
+            nn.init.normal_(linear.bias, std=1e-6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.dropout(self.self_attention(self.ln_1(x)))
+        return x + self.mlp(self.ln_2(x))
+
+
+class Encoder(nn.Module):
+    """Positional embedding ``(seq, 1, dim)`` (classy_vision's sequence-first shape), layers, final norm."""
+
+    def __init__(
+        self,
+        seq_length: int,
+        num_layers: int,
+        num_heads: int,
+        hidden_dim: int,
+        mlp_dim: int,
+        dropout_rate: float,
+        attention_dropout_rate: float,
+    ) -> None:
+        super().__init__()
+        self.pos_embedding = nn.Parameter(torch.empty(seq_length, 1, hidden_dim).normal_(std=0.02))
+        self.dropout = nn.Dropout(dropout_rate)
+        self.layers = nn.Sequential(
+            OrderedDict(
+                (f"layer_{i}", EncoderBlock(num_heads, hidden_dim, mlp_dim, dropout_rate, attention_dropout_rate))
+                for i in range(num_layers)
+            )
+        )
+        self.ln = nn.LayerNorm(hidden_dim, eps=1e-6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.pos_embedding.transpose(0, 1)
+        return self.ln(self.layers(self.dropout(x)))
+
+
+class ClassyVisionTransformer(nn.Module):
+    """classy_vision's ``VisionTransformer`` (without a conv stem), batch-first inside.
+
+    ``forward`` maps ``(B, 3, IMAGE_SIZE, IMAGE_SIZE)`` images to ``(B, hidden_dim)``.
+    """
+
+    def __init__(self, options: ClassyViTOptions = ClassyViTOptions()) -> None:
+        super().__init__()
+        options.validate()
+        self.image_size = options.image_size
+        self.patch_size = options.patch_size
+        self.hidden_dim = options.hidden_dim
+        self.classifier = options.classifier
+        self.conv_proj = nn.Conv2d(3, options.hidden_dim, kernel_size=options.patch_size, stride=options.patch_size)
+        seq_length = (options.image_size // options.patch_size) ** 2
+        if options.classifier == "token":
+            self.class_token = nn.Parameter(torch.zeros(1, 1, options.hidden_dim))
+            seq_length += 1
+        self.seq_length = seq_length
+        self.encoder = Encoder(
+            seq_length,
+            options.num_layers,
+            options.num_heads,
+            options.hidden_dim,
+            options.mlp_dim,
+            options.dropout_rate,
+            options.attention_dropout_rate,
+        )
+        self.trunk_output = nn.Identity()
+        kh, kw = self.conv_proj.kernel_size
+        lecun_normal_init(self.conv_proj.weight, fan_in=self.conv_proj.in_channels * kh * kw)
+        nn.init.zeros_(self.conv_proj.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[-2] != self.image_size or x.shape[-1] != self.image_size:
+            raise ValueError(
+                f"classy_vit takes (B, 3, {self.image_size}, {self.image_size}) images "
+                f"(VISION_TRANSFORMERS.IMAGE_SIZE), got shape {tuple(x.shape)}"
+            )
+        x = self.conv_proj(x).flatten(2).transpose(1, 2)
+        if self.classifier == "token":
+            x = torch.cat([self.class_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = self.encoder(x)
+        x = x[:, 0] if self.classifier == "token" else x.mean(dim=1)
+        return self.trunk_output(x)
+
+
+class ClassyViT(nn.Module):
+    """The ``classy_vit`` trunk: a :class:`ClassyVisionTransformer` under ``model``."""
+
+    def __init__(self, options: ClassyViTOptions = ClassyViTOptions()) -> None:
+        super().__init__()
+        self.options = options
+        self.model = ClassyVisionTransformer(options)
+
+    def forward(self, x: torch.Tensor, out_feat_keys: Optional[Sequence[str]] = None) -> List[torch.Tensor]:
+        check_single_feature("classy_vit", out_feat_keys)
+        return [self.model(x)]
+
+    def interpolate_position_embedding(self, pos_embedding: torch.Tensor) -> torch.Tensor:
+        """Resize a checkpoint's ``model.encoder.pos_embedding`` ``(seq, 1, dim)`` to this model's grid.
+
+        As classy_vision's ``set_classy_state``: the class-token row is kept, the patch grid is
+        resized bicubically with ``align_corners=True``.
+        """
+        seq_length, n, dim = pos_embedding.shape
+        if n != 1 or dim != self.model.hidden_dim:
+            raise ValueError(
+                f"position embedding of shape {tuple(pos_embedding.shape)}, expected (seq, 1, {self.model.hidden_dim})"
+            )
+        if seq_length == self.model.seq_length:
+            return pos_embedding
+        n_token = 1 if self.model.classifier == "token" else 0
+        grid = math.isqrt(seq_length - n_token)
+        if grid * grid != seq_length - n_token:
+            raise ValueError(f"position embedding of length {seq_length} does not hold a square patch grid")
+        new_grid = self.model.image_size // self.model.patch_size
+        img = pos_embedding[n_token:].permute(1, 2, 0).reshape(1, dim, grid, grid)
+        img = F.interpolate(img, size=new_grid, mode="bicubic", align_corners=True)
+        img = img.reshape(1, dim, new_grid * new_grid).permute(2, 0, 1)
+        return torch.cat([pos_embedding[:n_token], img], dim=0)
+
+
+@register_model_trunk("classy_vit")
+def build_classy_vit(model_config: Mapping, model_name: str = "classy_vit") -> ClassyViT:
+    """Build ``classy_vit`` from ``MODEL`` (reads ``TRUNK.VISION_TRANSFORMERS`` and ``INPUT_TYPE``)."""
+    input_type = model_config["INPUT_TYPE"]
+    if input_type not in ("rgb", "bgr"):
+        raise ConfigError(f"MODEL.INPUT_TYPE: got {input_type!r}, trunk 'classy_vit' takes 'rgb' or 'bgr'")
+    return ClassyViT(ClassyViTOptions.from_config(model_config["TRUNK"]["VISION_TRANSFORMERS"]))
