@@ -1,16 +1,22 @@
 """Transformer building blocks shared by every transformer trunk (ViT, XCiT, ConViT, Swin, BEiT).
 
 Module and parameter names follow the original (and timm): ``fc1/fc2`` in the MLP, ``qkv/proj``
-in attention, ``proj`` in the patch embedding, so checkpoints load unchanged.
+in attention, ``norm1/attn/norm2/mlp`` in a block, ``proj`` in the patch embedding, so
+checkpoints load unchanged. ``interpolate_pos_embed`` resizes positional embeddings for inputs of
+another size the way the original does; ``drop_path_rates`` is the stochastic-depth schedule.
 """
 
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+import math
+from typing import Callable, List, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .drop import DropPath
 
 
 def to_2tuple(x: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
@@ -107,4 +113,134 @@ class PatchEmbed(nn.Module):
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
-__all__ = ["Attention", "Mlp", "PatchEmbed", "attention_scale", "to_2tuple"]
+class Fp32LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in float32 and cast back to the input's dtype (same keys as LayerNorm).
+
+    The original's FSDP trunks use it so that mixed-precision runs normalise in full precision.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.float() if self.weight is not None else None
+        bias = self.bias.float() if self.bias is not None else None
+        return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).type_as(x)
+
+
+def drop_path_rates(max_rate: float, depth: int) -> List[float]:
+    """Stochastic-depth rate per block: linear from 0 to ``max_rate`` (float32 steps, as the original)."""
+    return [float(r) for r in torch.linspace(0, max_rate, depth).tolist()]
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``.
+
+    Keys ``norm1, attn.{qkv,proj}, norm2, mlp.{fc1,fc2}``. ``drop_path`` is stochastic depth on
+    both residual branches. ``checkpoint_mlp`` / ``checkpoint_block`` recompute the MLP / the
+    whole block in backward (non-reentrant ``torch.utils.checkpoint``), only when gradients are
+    being recorded. ``attn_layer`` swaps the attention module (same constructor arguments).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = False,
+        qk_scale: Optional[float] = None,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        act_layer: Callable[[], nn.Module] = nn.GELU,
+        norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
+        checkpoint_mlp: bool = False,
+        checkpoint_block: bool = False,
+        attn_layer: Callable[..., nn.Module] = None,
+    ) -> None:
+        super().__init__()
+        attn_layer = attn_layer or Attention
+        self.norm1 = norm_layer(dim)
+        self.attn = attn_layer(
+            dim, num_heads=num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale, attn_drop=attn_drop, proj_drop=drop
+        )
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        # int(dim * ratio), not the configured width: the original sizes fc1 this way.
+        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
+        self.checkpoint_mlp = checkpoint_mlp
+        self.checkpoint_block = checkpoint_block
+
+    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
+        if self.checkpoint_mlp and torch.is_grad_enabled():
+            return checkpoint(self.mlp, x, use_reentrant=False)
+        return self.mlp(x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self._mlp(self.norm2(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.checkpoint_block and torch.is_grad_enabled():
+            return checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
+
+    def get_attention_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Softmax attention weights of this block for input tokens ``x``: ``(B, heads, N, N)``."""
+        return self.attn.attention_map(self.norm1(x))
+
+
+def interpolate_pos_embed(
+    pos_embed: torch.Tensor,
+    num_tokens: int,
+    grid_size: Optional[Tuple[int, int]] = None,
+    new_grid_size: Optional[Tuple[int, int]] = None,
+    num_prefix_tokens: int = 1,
+    mode: str = "bicubic",
+) -> torch.Tensor:
+    """Resize a ``(1, prefix + H*W, C)`` positional embedding to ``num_tokens`` tokens.
+
+    The original's rule: unchanged when the token count already matches; otherwise the prefix
+    (class) embeddings are kept and the ``grid_size`` grid (default: square) is resampled with
+    ``F.interpolate(scale_factor=sqrt(new_patches / patches))``. Going through ``scale_factor``
+    (not ``size``) matters: it sets the sampling positions, so outputs match the original's
+    exactly. When that scale cannot give ``new_grid_size`` (a different aspect ratio, which the
+    original cannot handle), the grid is resampled to ``new_grid_size`` directly.
+    """
+    num_patches = pos_embed.shape[1] - num_prefix_tokens
+    new_patches = num_tokens - num_prefix_tokens
+    if new_patches == num_patches:
+        return pos_embed
+    dim = pos_embed.shape[-1]
+    if grid_size is None:
+        side = math.isqrt(num_patches)
+        if side * side != num_patches:
+            raise ValueError(f"positional embedding of {num_patches} patches is not a square grid; pass grid_size")
+        grid_size = (side, side)
+    h, w = grid_size
+    if h * w != num_patches:
+        raise ValueError(f"grid {grid_size} does not hold the {num_patches} positional embeddings")
+    scale = math.sqrt(new_patches / num_patches)
+    scaled = (math.floor(h * scale), math.floor(w * scale))
+    if new_grid_size is None:
+        new_grid_size = scaled
+    if new_grid_size[0] * new_grid_size[1] != new_patches:
+        raise ValueError(f"cannot resize positional embeddings to {new_patches} patches on grid {new_grid_size}")
+    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    grid = grid.reshape(1, h, w, dim).permute(0, 3, 1, 2)
+    if tuple(new_grid_size) == scaled:
+        grid = F.interpolate(grid, scale_factor=scale, mode=mode)
+    else:
+        grid = F.interpolate(grid, size=tuple(new_grid_size), mode=mode)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim)
+    return torch.cat((prefix, grid), dim=1)
+
+
+__all__ = [
+    "Attention",
+    "Block",
+    "Fp32LayerNorm",
+    "Mlp",
+    "PatchEmbed",
+    "attention_scale",
+    "drop_path_rates",
+    "interpolate_pos_embed",
+    "to_2tuple",
+]

@@ -1,0 +1,27 @@
+from . import HeadSpec
+
+HEAD_SPECS = [
+    HeadSpec("dino_head", {"in_dim": 16, "num_clusters": [20], "hidden_dim": 24, "bottleneck_dim": 8}, (4, 16)),
+    HeadSpec("dino_head", {"in_dim": 16, "num_clusters": [20], "hidden_dim": 24, "bottleneck_dim": 8,
+                           "use_bn": True, "num_layers": 4, "normalize_last_layer": False}, (4, 16),
+             id="dino_head_bn_4layers_trainable_g"),
+    HeadSpec("dino_head", {"in_dim": 16, "num_clusters": 20, "bottleneck_dim": 8, "num_layers": 1}, (4, 16),
+             id="dino_head_1layer"),
+    HeadSpec("dino_head_fsdp", {"in_dim": 16, "num_clusters": [20], "hidden_dim": 24, "bottleneck_dim": 8}, (4, 16)),
+    HeadSpec("ibot_head", {"in_dim": 16, "out_dim": 20, "hidden_dim": 24, "bottleneck_dim": 8, "shared_head": True,
+                           "normalize_last_layer": False}, (4, 5, 16)),
+    HeadSpec("ibot_head", {"in_dim": 16, "out_dim": 20, "patch_out_dim": 12, "hidden_dim": 24, "bottleneck_dim": 8,
+                           "norm": "bn", "act": "relu", "last_norm": "ln"}, (4, 5, 16), id="ibot_head_separate_bn_ln"),
+    HeadSpec("ibot_head", {"in_dim": 16, "out_dim": 20, "hidden_dim": 24, "bottleneck_dim": 8, "last_norm": "bn"},
+             (4, 16), id="ibot_head_local_views", no_grad_ok=["prototypes1"]),
+    HeadSpec("ibot_distillation_head", {"in_dim": 16, "out_dim": 20, "hidden_dim": 24, "shared_head": True},
+             (4, 5, 16)),
+    HeadSpec("ibot_distillation_head", {"in_dim": 16, "out_dim": 20, "patch_out_dim": 10, "hidden_dim": 24,
+                                        "norm": "ln", "num_layers": 2}, (4, 5, 16), id="ibot_distillation_head_ln"),
+    HeadSpec("msn_head", {"in_dim": 16, "num_prototypes": 10, "hidden_dim": 24, "output_dim": 8, "use_bn": True,
+                          "label_smoothing": 0.1}, (4, 16)),
+    HeadSpec("msn_head", {"in_dim": 16, "num_prototypes": 10, "hidden_dim": 24, "output_dim": 8, "return_query": True},
+             (4, 16), id="msn_head_query", no_grad_ok=["prototypes"]),
+    HeadSpec("vision_transformer_head", {"in_plane": 16, "num_classes": 10, "hidden_dim": 24}, (4, 16)),
+    HeadSpec("vision_transformer_head", {"in_plane": 16, "num_classes": 10}, (4, 16), id="vision_transformer_head_linear"),
+]

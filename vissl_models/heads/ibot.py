@@ -1,0 +1,198 @@
+"""iBOT heads: ``ibot_head`` (weight-normalised prototypes) and ``ibot_distillation_head``.
+
+Both take the class token alone (local views, ``(B, C)``: one output) or every token (global
+views, ``(B, 1 + N, C)``: ``[class output, patch outputs]``).
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import options as opt
+from ..registry import register_model_head
+from .dino import init_linear_trunc_normal, weight_norm_prototypes
+
+NORMS = (None, "bn", "syncbn", "ln")
+ACTS = ("relu", "gelu")
+_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+
+
+def apply_token_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Apply ``norm``; a batch norm on ``(B, N, C)`` tokens normalises over C (moved to dim 1 and back)."""
+    if isinstance(norm, _BN_TYPES) and x.ndim > 2:
+        return norm(x.movedim(-1, 1)).movedim(1, -1)
+    return norm(x)
+
+
+class TokenSequential(nn.Sequential):
+    """``nn.Sequential`` whose batch norms accept token tensors (see ``apply_token_norm``)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for module in self:
+            x = apply_token_norm(module, x)
+        return x
+
+
+def build_norm(head: str, norm: Optional[str], dim: int, **kwargs) -> Optional[nn.Module]:
+    """``bn`` / ``syncbn`` / ``ln`` / None, with extra constructor ``kwargs``.
+
+    ``affine`` is passed to ``ln`` as ``elementwise_affine`` (the original raised a TypeError there).
+    """
+    opt.choice(f"head {head!r} norm", norm, NORMS)
+    if norm == "bn":
+        return nn.BatchNorm1d(dim, **kwargs)
+    if norm == "syncbn":
+        return nn.SyncBatchNorm(dim, **kwargs)
+    if norm == "ln":
+        if "affine" in kwargs:
+            kwargs["elementwise_affine"] = kwargs.pop("affine")
+        return nn.LayerNorm(dim, **kwargs)
+    return None
+
+
+def build_act(head: str, act: str) -> nn.Module:
+    opt.choice(f"head {head!r} option 'act'", act, ACTS)
+    return nn.ReLU() if act == "relu" else nn.GELU()
+
+
+def _hidden_layers(in_dim: int, hidden_dim: int, count: int, norm: Optional[nn.Module], act: nn.Module) -> List[nn.Module]:
+    # The original reuses one norm and one activation instance at every depth (so a BN's keys
+    # appear under each position); kept for checkpoint compatibility.
+    layers: List[nn.Module] = []
+    width = in_dim
+    for _ in range(count):
+        layers.append(nn.Linear(width, hidden_dim))
+        if norm is not None:
+            layers.append(norm)
+        layers.append(act)
+        width = hidden_dim
+    return layers
+
+
+class IBOTHead(nn.Module):
+    """iBOT projection head: ``mlp``, L2 normalisation, ``prototypes0`` for the class token and
+    ``prototypes1`` for patch tokens (the same module with ``shared_head``), then optional
+    non-affine ``last_norm`` / ``last_norm2``.
+
+    Keys: ``mlp.<i>.*``, ``prototypes0.weight_g/weight_v``, ``prototypes1.weight_g/weight_v``
+    (present, and tied to prototypes0, with ``shared_head``).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        patch_out_dim: int = 0,
+        norm: Optional[str] = None,
+        act: str = "gelu",
+        last_norm: Optional[str] = None,
+        normalize_last_layer: bool = True,
+        num_layers: int = 3,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        shared_head: bool = False,
+        **norm_kwargs,
+    ) -> None:
+        super().__init__()
+        num_layers = opt.as_int("head 'ibot_head' option 'num_layers'", num_layers, minimum=1)
+        patch_out_dim = patch_out_dim or out_dim
+        norm_module = build_norm("ibot_head", norm, hidden_dim)
+        act_module = build_act("ibot_head", act)
+        if num_layers == 1:
+            self.mlp: nn.Module = nn.Linear(in_dim, bottleneck_dim)
+        else:
+            layers = _hidden_layers(in_dim, hidden_dim, num_layers - 1, norm_module, act_module)
+            self.mlp = TokenSequential(*layers, nn.Linear(hidden_dim, bottleneck_dim))
+        self.apply(init_linear_trunc_normal)
+        self.prototypes0 = weight_norm_prototypes(bottleneck_dim, out_dim, normalize_last_layer)
+        if shared_head:
+            self.prototypes1 = self.prototypes0
+        else:
+            self.prototypes1 = weight_norm_prototypes(bottleneck_dim, patch_out_dim, normalize_last_layer)
+        self.last_norm = build_norm("ibot_head", last_norm, out_dim, affine=False, **norm_kwargs)
+        if shared_head:
+            self.last_norm2 = self.last_norm
+        else:
+            self.last_norm2 = build_norm("ibot_head", last_norm, patch_out_dim, affine=False, **norm_kwargs)
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        x = F.normalize(self.mlp(x), dim=-1, p=2)
+        if x.ndim == 2:
+            out = [self.prototypes0(x)]
+            norms = [self.last_norm]
+        else:
+            out = [self.prototypes0(x[:, 0]), self.prototypes1(x[:, 1:])]
+            norms = [self.last_norm, self.last_norm2]
+        if self.last_norm is not None:
+            out = [apply_token_norm(n, o) for n, o in zip(norms, out)]
+        return out
+
+
+class IBOTDistillationHead(nn.Module):
+    """iBOT distillation head: ``mlp`` (at least one hidden layer), then ``to_class_out`` for the
+    class token and ``to_patch_out`` for patch tokens (shared with ``shared_head``), then optional
+    non-affine ``last_norm`` / ``last_norm2``. No normalisation or prototypes."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        patch_out_dim: int = 0,
+        norm: Optional[str] = None,
+        act: str = "gelu",
+        last_norm: Optional[str] = None,
+        num_layers: int = 3,
+        hidden_dim: int = 2048,
+        shared_head: bool = False,
+        **norm_kwargs,
+    ) -> None:
+        super().__init__()
+        num_layers = opt.as_int("head 'ibot_distillation_head' option 'num_layers'", num_layers, minimum=2)
+        patch_out_dim = patch_out_dim or out_dim
+        norm_module = build_norm("ibot_distillation_head", norm, hidden_dim)
+        act_module = build_act("ibot_distillation_head", act)
+        self.mlp = TokenSequential(*_hidden_layers(in_dim, hidden_dim, num_layers - 1, norm_module, act_module))
+        self.to_class_out = nn.Linear(hidden_dim, out_dim)
+        self.to_patch_out = self.to_class_out if shared_head else nn.Linear(hidden_dim, patch_out_dim)
+        self.apply(init_linear_trunc_normal)
+        self.last_norm = build_norm("ibot_distillation_head", last_norm, out_dim, affine=False, **norm_kwargs)
+        if shared_head:
+            self.last_norm2 = self.last_norm
+        else:
+            self.last_norm2 = build_norm(
+                "ibot_distillation_head", last_norm, patch_out_dim, affine=False, **norm_kwargs
+            )
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        x = self.mlp(x)
+        if x.ndim == 2:
+            out = [self.to_class_out(x)]
+            norms = [self.last_norm]
+        else:
+            out = [self.to_class_out(x[:, 0]), self.to_patch_out(x[:, 1:])]
+            norms = [self.last_norm, self.last_norm2]
+        if self.last_norm is not None:
+            out = [apply_token_norm(n, o) for n, o in zip(norms, out)]
+        return out
+
+
+@register_model_head("ibot_head")
+def build_ibot_head(model_config, in_dim, out_dim, patch_out_dim=0, norm=None, act="gelu", last_norm=None,
+                    normalize_last_layer=True, num_layers=3, hidden_dim=2048, bottleneck_dim=256,
+                    shared_head=False, **norm_kwargs) -> IBOTHead:
+    """``norm_kwargs`` go to the ``last_norm`` layers' constructors, as in the original."""
+    return IBOTHead(in_dim, out_dim, patch_out_dim, norm, act, last_norm, normalize_last_layer, num_layers,
+                    hidden_dim, bottleneck_dim, shared_head, **norm_kwargs)
+
+
+@register_model_head("ibot_distillation_head")
+def build_ibot_distillation_head(model_config, in_dim, out_dim, patch_out_dim=0, norm=None, act="gelu",
+                                 last_norm=None, num_layers=3, hidden_dim=2048, shared_head=False,
+                                 **norm_kwargs) -> IBOTDistillationHead:
+    """``norm_kwargs`` go to the ``last_norm`` layers' constructors, as in the original."""
+    return IBOTDistillationHead(in_dim, out_dim, patch_out_dim, norm, act, last_norm, num_layers, hidden_dim,
+                                shared_head, **norm_kwargs)
