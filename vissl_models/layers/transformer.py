@@ -48,6 +48,29 @@ class Mlp(nn.Module):
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
+class MLPBlock(nn.Module):
+    """``linear_1 -> GELU -> dropout_1 -> linear_2 -> dropout_2`` (classy_vision's and ConViT's key names)."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        mlp_dim: Optional[int] = None,
+        dropout_rate: float = 0.0,
+        out_dim: Optional[int] = None,
+        act_layer=nn.GELU,
+    ) -> None:
+        super().__init__()
+        mlp_dim = mlp_dim or in_dim
+        self.linear_1 = nn.Linear(in_dim, mlp_dim)
+        self.act = act_layer()
+        self.dropout_1 = nn.Dropout(dropout_rate)
+        self.linear_2 = nn.Linear(mlp_dim, out_dim or in_dim)
+        self.dropout_2 = nn.Dropout(dropout_rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout_2(self.linear_2(self.dropout_1(self.act(self.linear_1(x)))))
+
+
 def attention_scale(head_dim: int, qk_scale: Optional[float]) -> float:
     """The original's ``qk_scale or head_dim ** -0.5`` (a false or zero qk_scale means default)."""
     return float(qk_scale) if qk_scale else head_dim ** -0.5
@@ -234,6 +257,7 @@ def interpolate_pos_embed(
 
 
 __all__ = [
+    "MLPBlock",
     "Attention",
     "Block",
     "Fp32LayerNorm",

@@ -173,6 +173,15 @@ def _checkpointed_forward(x, feature_blocks, names, wanted, splits):
     return found
 
 
+def check_single_feature(trunk: str, out_feat_keys: Optional[Sequence[str]]) -> None:
+    """These trunks compute one feature and, like the original, ignore its name; more than one raise."""
+    if out_feat_keys is not None and len(out_feat_keys) > 1:
+        raise ValueError(
+            f"trunk {trunk!r} returns a single feature (the original ignored out_feat_keys); "
+            f"got {len(out_feat_keys)} names: {list(out_feat_keys)}"
+        )
+
+
 class FeatureTrunk(nn.Module):
     """Base for trunks built from ``_feature_blocks`` plus a public-name mapping.
 

@@ -29,7 +29,9 @@ from torch import nn
 from ..config import options as opt
 from ..config.loader import ConfigError
 from ..layers import lecun_normal_init
+from ..layers.transformer import MLPBlock
 from ..registry import register_model_trunk
+from .base import check_single_feature
 
 CLASSIFIERS = ("token", "gap")
 
@@ -77,38 +79,6 @@ class ClassyViTOptions:
             raise ConfigError(
                 f"{key}HIDDEN_DIM: {self.hidden_dim} is not divisible by NUM_HEADS {self.num_heads}"
             )
-
-
-def check_single_feature(trunk: str, out_feat_keys: Optional[Sequence[str]]) -> None:
-    """These trunks compute one feature and, like the original, ignore its name; more than one raise."""
-    if out_feat_keys is not None and len(out_feat_keys) > 1:
-        raise ValueError(
-            f"trunk {trunk!r} returns a single feature (the original ignored out_feat_keys); "
-            f"got {len(out_feat_keys)} names: {list(out_feat_keys)}"
-        )
-
-
-class MLPBlock(nn.Module):
-    """``linear_1 -> GELU -> dropout_1 -> linear_2 -> dropout_2`` (classy_vision's and ConViT's key names)."""
-
-    def __init__(
-        self,
-        in_dim: int,
-        mlp_dim: Optional[int] = None,
-        dropout_rate: float = 0.0,
-        out_dim: Optional[int] = None,
-        act_layer=nn.GELU,
-    ) -> None:
-        super().__init__()
-        mlp_dim = mlp_dim or in_dim
-        self.linear_1 = nn.Linear(in_dim, mlp_dim)
-        self.act = act_layer()
-        self.dropout_1 = nn.Dropout(dropout_rate)
-        self.linear_2 = nn.Linear(mlp_dim, out_dim or in_dim)
-        self.dropout_2 = nn.Dropout(dropout_rate)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout_2(self.linear_2(self.dropout_1(self.act(self.linear_1(x)))))
 
 
 class PackedSelfAttention(nn.Module):

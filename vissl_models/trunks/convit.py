@@ -27,9 +27,10 @@ from torch import nn
 from ..config import options as opt
 from ..config.loader import ConfigError
 from ..layers import DropPath, trunc_normal_
-from ..layers.transformer import Attention, PatchEmbed
+from ..layers.transformer import Attention, MLPBlock, PatchEmbed
 from ..registry import register_model_trunk
-from .classy_vit import CLASSIFIERS, MLPBlock, check_single_feature
+from .base import check_single_feature
+from .classy_vit import CLASSIFIERS
 
 
 def parse_qk_scale(key: str, value) -> Optional[float]:
