@@ -1,0 +1,364 @@
+"""BEiT trunk (``beit``): a ViT with LayerScale and relative-position biases, as in the original.
+
+State-dict layout (the original's, itself BEiT's fine-tuning model): ``cls_token``, ``pos_embed``
+(with ``USE_ABS_POS_EMB``), ``patch_embed.proj``, ``rel_pos_bias.*`` (with
+``USE_SHARED_REL_POS_BIAS``), ``blocks.<i>.{norm1,attn,norm2,mlp,gamma_1,gamma_2}`` and ``norm``
+(absent with ``USE_MEAN_POOLING``, where it is the identity). Attention keeps the original's
+``qkv.weight`` without bias plus separate ``q_bias``/``v_bias`` (keys get no bias), and, with
+``USE_REL_POS_BIAS``, a ``relative_position_bias_table`` with its integer
+``relative_position_index`` buffer (three extra entries for class-token pairs).
+
+Attention runs through ``scaled_dot_product_attention``, the relative-position biases passed as
+an additive ``attn_mask``. Inputs must be ``IMAGE_SIZE``, as in the original.
+
+Feature names (the original's): ``lastCLS`` (class token after the last block, also the output
+without names), ``blkCLS<i>`` (class token after block ``i``, Python indexing) and
+``concatCLS<n>`` (class tokens of the last ``n`` blocks, concatenated); each goes through
+``norm``. With ``USE_MEAN_POOLING`` the features are the un-normalised class token: the original
+had no mean pooling, only the missing norm.
+
+``MODEL.INPUT_TYPE`` must be rgb or bgr and, as in the original, the input is used as given.
+``MODEL.ACTIVATION_CHECKPOINTING`` recomputes each block in backward.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..config import options as opt
+from ..config.loader import ConfigError
+from ..layers import DropPath, trunc_normal_
+from ..layers.transformer import Mlp, PatchEmbed, attention_scale, drop_path_rates
+from ..registry import register_model_trunk
+from .base import TrunkCommon
+from .swin_transformer import relative_position_index
+
+_FEATURE = re.compile(r"^(lastCLS)$|^blkCLS(-?\d+)$|^concatCLS(\d+)$")
+
+
+def beit_relative_position_index(window: Tuple[int, int]) -> torch.Tensor:
+    """``(Wh*Ww + 1)^2`` int64 index: patch pairs as in Swin, then the class token's row, column
+    and self pair use the last three entries of the table."""
+    num_relative = (2 * window[0] - 1) * (2 * window[1] - 1) + 3
+    n = window[0] * window[1] + 1
+    index = torch.zeros((n, n), dtype=torch.int64)
+    index[1:, 1:] = relative_position_index(window)
+    index[0, :] = num_relative - 3
+    index[:, 0] = num_relative - 2
+    index[0, 0] = num_relative - 1
+    return index
+
+
+class RelativePositionBias(nn.Module):
+    """A ``(heads, N + 1, N + 1)`` relative-position bias for a ``window`` grid plus the class token.
+
+    Used inside each attention layer (``USE_REL_POS_BIAS``) or once, shared by all blocks
+    (``USE_SHARED_REL_POS_BIAS``, module ``rel_pos_bias``). The table starts at zero.
+    """
+
+    def __init__(self, window_size: Tuple[int, int], num_heads: int) -> None:
+        super().__init__()
+        self.window_size = tuple(window_size)
+        self.num_relative_distance = (2 * window_size[0] - 1) * (2 * window_size[1] - 1) + 3
+        self.relative_position_bias_table = nn.Parameter(torch.zeros(self.num_relative_distance, num_heads))
+        self.register_buffer("relative_position_index", beit_relative_position_index(self.window_size))
+
+    def forward(self) -> torch.Tensor:
+        n = self.relative_position_index.shape[0]
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        return bias.view(n, n, -1).permute(2, 0, 1)
+
+
+class BEiTMlp(Mlp):
+    """The shared MLP's ``fc1/fc2`` keys, with dropout only after ``fc2`` (BEiT's BERT-style MLP)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.act(self.fc1(x))))
+
+
+class BEiTAttention(nn.Module):
+    """Multi-head self-attention with BEiT's ``q_bias``/``v_bias`` and optional relative-position bias.
+
+    With ``window_size``, ``relative_position_bias_table`` (zeros at first) and
+    ``relative_position_index`` live directly on this module, under the original's keys.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        qkv_bias: bool = False,
+        qk_scale: Optional[float] = None,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+        window_size: Optional[Tuple[int, int]] = None,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"attention: dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.scale = attention_scale(dim // num_heads, qk_scale)
+        self.qkv = nn.Linear(dim, dim * 3, bias=False)
+        if qkv_bias:
+            self.q_bias = nn.Parameter(torch.zeros(dim))
+            self.v_bias = nn.Parameter(torch.zeros(dim))
+        else:
+            self.q_bias = None
+            self.v_bias = None
+        if window_size:
+            self.window_size = tuple(window_size)
+            num_relative = (2 * window_size[0] - 1) * (2 * window_size[1] - 1) + 3
+            self.relative_position_bias_table = nn.Parameter(torch.zeros(num_relative, num_heads))
+            self.register_buffer("relative_position_index", beit_relative_position_index(self.window_size))
+        else:
+            self.window_size = None
+            self.relative_position_bias_table = None
+            self.relative_position_index = None
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor, rel_pos_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        B, N, C = x.shape
+        bias = None
+        if self.q_bias is not None:
+            bias = torch.cat((self.q_bias, torch.zeros_like(self.v_bias), self.v_bias))
+        qkv = F.linear(x, self.qkv.weight, bias)
+        q, k, v = qkv.reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        attn_bias = None
+        if self.relative_position_bias_table is not None:
+            n = self.relative_position_index.shape[0]
+            attn_bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+            attn_bias = attn_bias.view(n, n, -1).permute(2, 0, 1)
+        if rel_pos_bias is not None:
+            attn_bias = rel_pos_bias if attn_bias is None else attn_bias + rel_pos_bias
+        if attn_bias is not None:
+            attn_bias = attn_bias.unsqueeze(0).to(q.dtype)
+        drop = self.attn_drop.p if self.training else 0.0
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=drop, scale=self.scale)
+        return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, -1)))
+
+
+class BEiTBlock(nn.Module):
+    """Pre-norm attention and MLP residuals, scaled by LayerScale ``gamma_1``/``gamma_2`` when
+    ``init_values > 0``."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = False,
+        qk_scale: Optional[float] = None,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        init_values: float = 0.0,
+        norm_layer=nn.LayerNorm,
+        window_size: Optional[Tuple[int, int]] = None,
+    ) -> None:
+        super().__init__()
+        self.norm1 = norm_layer(dim)
+        self.attn = BEiTAttention(dim, num_heads, qkv_bias, qk_scale, attn_drop, drop, window_size)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        self.mlp = BEiTMlp(in_features=dim, hidden_features=int(dim * mlp_ratio), drop=drop)
+        if init_values > 0:
+            self.gamma_1 = nn.Parameter(init_values * torch.ones(dim))
+            self.gamma_2 = nn.Parameter(init_values * torch.ones(dim))
+        else:
+            self.gamma_1, self.gamma_2 = None, None
+
+    def forward(self, x: torch.Tensor, rel_pos_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        a = self.attn(self.norm1(x), rel_pos_bias=rel_pos_bias)
+        if self.gamma_1 is not None:
+            a = self.gamma_1 * a
+        x = x + self.drop_path(a)
+        m = self.mlp(self.norm2(x))
+        if self.gamma_2 is not None:
+            m = self.gamma_2 * m
+        return x + self.drop_path(m)
+
+
+@dataclass(frozen=True)
+class BEiTOptions:
+    """``MODEL.TRUNK.BEIT``."""
+
+    image_size: int = 224
+    patch_size: int = 16
+    num_layers: int = 12
+    num_heads: int = 12
+    hidden_dim: int = 768
+    mlp_ratio: float = 4.0
+    dropout_rate: float = 0.0
+    attention_dropout_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    qkv_bias: bool = False
+    qk_scale: Optional[float] = None
+    use_abs_pos_emb: bool = True
+    use_rel_pos_bias: bool = False
+    use_shared_rel_pos_bias: bool = False
+    use_mean_pooling: bool = True
+    init_values: float = 0.0  # 0: no LayerScale
+
+    @classmethod
+    def from_config(cls, section: Mapping) -> "BEiTOptions":
+        key = "MODEL.TRUNK.BEIT."
+        qk_scale, init_values = section["QK_SCALE"], section["INIT_VALUES"]
+        out = cls(
+            image_size=opt.as_int(key + "IMAGE_SIZE", section["IMAGE_SIZE"], minimum=1),
+            patch_size=opt.as_int(key + "PATCH_SIZE", section["PATCH_SIZE"], minimum=1),
+            num_layers=opt.as_int(key + "NUM_LAYERS", section["NUM_LAYERS"], minimum=1),
+            num_heads=opt.as_int(key + "NUM_HEADS", section["NUM_HEADS"], minimum=1),
+            hidden_dim=opt.as_int(key + "HIDDEN_DIM", section["HIDDEN_DIM"], minimum=1),
+            mlp_ratio=opt.as_float(key + "MLP_RATIO", section["MLP_RATIO"], minimum=0.0),
+            dropout_rate=opt.as_float(key + "DROPOUT_RATE", section["DROPOUT_RATE"], minimum=0.0),
+            attention_dropout_rate=opt.as_float(
+                key + "ATTENTION_DROPOUT_RATE", section["ATTENTION_DROPOUT_RATE"], minimum=0.0
+            ),
+            drop_path_rate=opt.as_float(key + "DROP_PATH_RATE", section["DROP_PATH_RATE"], minimum=0.0),
+            qkv_bias=opt.as_bool(key + "QKV_BIAS", section["QKV_BIAS"]),
+            qk_scale=None if qk_scale in (None, False) else (opt.as_float(key + "QK_SCALE", qk_scale) or None),
+            use_abs_pos_emb=opt.as_bool(key + "USE_ABS_POS_EMB", section["USE_ABS_POS_EMB"]),
+            use_rel_pos_bias=opt.as_bool(key + "USE_REL_POS_BIAS", section["USE_REL_POS_BIAS"]),
+            use_shared_rel_pos_bias=opt.as_bool(key + "USE_SHARED_REL_POS_BIAS", section["USE_SHARED_REL_POS_BIAS"]),
+            use_mean_pooling=opt.as_bool(key + "USE_MEAN_POOLING", section["USE_MEAN_POOLING"]),
+            init_values=0.0 if init_values in (None, False) else opt.as_float(key + "INIT_VALUES", init_values),
+        )
+        if out.hidden_dim % out.num_heads != 0:
+            raise ConfigError(
+                f"{key}HIDDEN_DIM: got {out.hidden_dim}, expected a multiple of NUM_HEADS ({out.num_heads})"
+            )
+        if out.image_size < out.patch_size:
+            raise ConfigError(f"{key}IMAGE_SIZE: got {out.image_size}, smaller than PATCH_SIZE {out.patch_size}")
+        return out
+
+
+class BEiT(nn.Module):
+    """BEiT vision transformer trunk (see the module docstring for keys and feature names)."""
+
+    def __init__(self, options: BEiTOptions = BEiTOptions(), use_checkpoint: bool = False) -> None:
+        super().__init__()
+        o = options
+        self.options = options
+        self.depth = o.num_layers
+        self.use_checkpoint = use_checkpoint
+        self.num_features = self.embed_dim = o.hidden_dim
+        norm_layer = lambda dim: nn.LayerNorm(dim, eps=1e-6)  # noqa: E731
+        self.patch_embed = PatchEmbed(o.image_size, o.patch_size, 3, o.hidden_dim)
+        window = self.patch_embed.feat_map_size
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, o.hidden_dim))
+        if o.use_abs_pos_emb:
+            self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + 1, o.hidden_dim))
+        else:
+            self.pos_embed = None
+        self.pos_drop = nn.Dropout(p=o.dropout_rate)
+        self.rel_pos_bias = RelativePositionBias(window, o.num_heads) if o.use_shared_rel_pos_bias else None
+        dpr = drop_path_rates(o.drop_path_rate, o.num_layers)
+        self.blocks = nn.ModuleList(
+            BEiTBlock(
+                o.hidden_dim, o.num_heads, o.mlp_ratio, o.qkv_bias, o.qk_scale, o.dropout_rate,
+                o.attention_dropout_rate, dpr[i], o.init_values, norm_layer,
+                window if o.use_rel_pos_bias else None,
+            )
+            for i in range(o.num_layers)
+        )
+        self.norm = nn.Identity() if o.use_mean_pooling else norm_layer(o.hidden_dim)
+        if self.pos_embed is not None:
+            trunc_normal_(self.pos_embed, std=0.02)
+        trunc_normal_(self.cls_token, std=0.02)
+        self.apply(_init_weights)
+        with torch.no_grad():
+            # Residual projections of deeper blocks start smaller: weight / sqrt(2 * (i + 1)).
+            for i, blk in enumerate(self.blocks):
+                blk.attn.proj.weight.div_(math.sqrt(2.0 * (i + 1)))
+                blk.mlp.fc2.weight.div_(math.sqrt(2.0 * (i + 1)))
+
+    @property
+    def feature_names(self) -> List[str]:
+        """Names accepted in ``out_feat_keys``."""
+        return (
+            ["lastCLS"]
+            + [f"blkCLS{i}" for i in range(self.depth)]
+            + [f"concatCLS{n}" for n in range(1, self.depth + 1)]
+        )
+
+    def _parse(self, name: str) -> Tuple[str, int]:
+        match = _FEATURE.match(name)
+        if match is not None:
+            last, blk, concat = match.groups()
+            if last:
+                return "last", self.depth - 1
+            if blk is not None and -self.depth <= int(blk) < self.depth:
+                return "blk", int(blk) % self.depth
+            if concat is not None and 1 <= int(concat) <= self.depth:
+                return "concat", int(concat)
+        raise ValueError(
+            f"feature {name!r} does not exist in this BEiT trunk of {self.depth} blocks; valid names: "
+            f"lastCLS, blkCLS<i> (-{self.depth} <= i < {self.depth}), concatCLS<n> (1 <= n <= {self.depth})"
+        )
+
+    def prepare_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch tokens with the class token prepended and the absolute positions added."""
+        H, W = x.shape[-2:]
+        if (H, W) != tuple(self.patch_embed.img_size):
+            raise ValueError(
+                f"the BEiT trunk takes {self.patch_embed.img_size[0]}x{self.patch_embed.img_size[1]} images "
+                f"(MODEL.TRUNK.BEIT.IMAGE_SIZE), got {H}x{W}"
+            )
+        x = self.patch_embed(x)
+        x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed
+        return self.pos_drop(x)
+
+    def forward(self, x: torch.Tensor, out_feat_keys: Optional[Sequence[str]] = None) -> List[torch.Tensor]:
+        requests = [self._parse(n) for n in (out_feat_keys or ["lastCLS"])]
+        needed = set()
+        for kind, v in requests:
+            needed.update(range(self.depth - v, self.depth) if kind == "concat" else [v])
+        last = max(needed)
+        x = self.prepare_tokens(x)
+        rel_pos_bias = self.rel_pos_bias() if self.rel_pos_bias is not None else None
+        cls: Dict[int, torch.Tensor] = {}
+        for i, blk in enumerate(self.blocks[: last + 1]):
+            if self.use_checkpoint and self.training and torch.is_grad_enabled():
+                x = checkpoint(blk, x, rel_pos_bias, use_reentrant=False)
+            else:
+                x = blk(x, rel_pos_bias=rel_pos_bias)
+            if i in needed:
+                cls[i] = self.norm(x[:, 0])  # the norm is per token: the class token's alone suffices
+        out = []
+        for kind, v in requests:  # requested order, duplicates included, as in the original
+            if kind == "concat":
+                out.append(torch.cat([cls[i] for i in range(self.depth - v, self.depth)], dim=-1))
+            else:
+                out.append(cls[v])
+        return out
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.zeros_(m.bias)
+        nn.init.ones_(m.weight)
+
+
+@register_model_trunk("beit")
+def build_beit(model_config: Mapping, model_name: str = "beit") -> BEiT:
+    """Build the ``beit`` trunk from ``MODEL`` (reads ``TRUNK.BEIT``; ``INPUT_TYPE`` must be rgb or bgr)."""
+    common = TrunkCommon.from_config(model_config)
+    if common.input_type not in ("rgb", "bgr"):
+        raise ConfigError(f"MODEL.INPUT_TYPE: got {common.input_type!r}, the BEiT trunk takes 'rgb' or 'bgr' input")
+    return BEiT(BEiTOptions.from_config(model_config["TRUNK"]["BEIT"]), use_checkpoint=common.use_checkpointing)

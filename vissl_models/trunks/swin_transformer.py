@@ -1,0 +1,525 @@
+"""Swin Transformer trunks: ``swin_transformer`` (any input size) and ``swin_transformer_official``.
+
+Both have the original's (and the official Swin repository's) state-dict layout:
+``patch_embed.{proj,norm}``, ``layers.<i>.blocks.<j>.{norm1,attn,norm2,mlp}``,
+``layers.<i>.downsample.{reduction,norm}`` and ``norm``. Each window attention keeps its integer
+``relative_position_index`` buffer; ``swin_transformer_official`` also keeps the shifted blocks'
+``attn_mask`` buffers, as the official model did.
+
+``swin_transformer`` takes any input size the way the original's VISSL variant does: the image
+is zero-padded to a multiple of the patch size, feature maps to a multiple of the window size
+(padded tokens take part in attention, as there) and odd maps before patch merging; a map no
+larger than the window uses one window and no shift. ``swin_transformer_official`` takes only
+``IMAGE_SIZE`` inputs.
+
+Window attention runs through ``scaled_dot_product_attention`` with the relative-position bias
+(and the shifted-window mask) as an additive ``attn_mask``.
+
+Feature names: ``lastCLS``, the layer-normalised, token-averaged output of the last stage (the
+original returned this feature whatever was asked; its configs ask for ``lastCLS``).
+As in the original, ``MODEL.INPUT_TYPE`` is not acted on (three input channels);
+``MODEL.ACTIVATION_CHECKPOINTING`` recomputes each block in backward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Mapping, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..config import options as opt
+from ..config.loader import ConfigError
+from ..layers import DropPath, trunc_normal_
+from ..layers.transformer import Mlp, PatchEmbed, attention_scale, drop_path_rates, to_2tuple
+from ..registry import register_model_trunk
+from .base import TrunkCommon
+
+FEATURES = ("lastCLS",)
+# Additive bias between tokens of different regions of a shifted window (the original's value).
+SHIFT_MASK_VALUE = -100.0
+
+
+def relative_position_index(window: Tuple[int, int]) -> torch.Tensor:
+    """``(Wh*Ww, Wh*Ww)`` int64 index into a ``(2Wh-1)(2Ww-1)`` table of relative offsets.
+
+    Token ``i`` at ``(hi, wi)`` and token ``j`` at ``(hj, wj)`` get
+    ``(hi - hj + Wh - 1) * (2Ww - 1) + (wi - wj + Ww - 1)``.
+    """
+    wh, ww = window
+    coords = torch.stack(torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")).flatten(1)
+    rel = coords[:, :, None] - coords[:, None, :]
+    return (rel[0] + wh - 1) * (2 * ww - 1) + (rel[1] + ww - 1)
+
+
+def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
+    """``(B, H, W, C)`` -> ``(B * num_windows, window_size, window_size, C)``, windows row-major per image."""
+    B, H, W, C = x.shape
+    x = x.view(B, H // window_size, window_size, W // window_size, window_size, C)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window_size, window_size, C)
+
+
+def window_reverse(windows: torch.Tensor, window_size: int, H: int, W: int) -> torch.Tensor:
+    """Inverse of :func:`window_partition`: back to ``(B, H, W, C)``."""
+    C = windows.shape[-1]
+    x = windows.view(-1, H // window_size, W // window_size, window_size, window_size, C)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, H, W, C)
+
+
+def shifted_window_mask(H: int, W: int, window_size: int, shift_size: int, device=None) -> torch.Tensor:
+    """``(num_windows, N, N)`` additive mask for an ``H x W`` map rolled by ``-shift_size``.
+
+    The rolled map has three bands per axis (``[0, H-ws)``, ``[H-ws, H-shift)``, ``[H-shift, H)``);
+    tokens of a window that come from different band pairs must not attend to each other.
+    """
+
+    def bands(n: int) -> torch.Tensor:
+        idx = torch.arange(n, device=device)
+        return (idx >= n - window_size).long() + (idx >= n - shift_size).long()
+
+    region = (bands(H)[:, None] * 3 + bands(W)[None, :]).to(torch.float32)
+    region = window_partition(region[None, :, :, None], window_size).reshape(-1, window_size * window_size)
+    differ = region[:, None, :] != region[:, :, None]
+    return torch.zeros(differ.shape, device=device).masked_fill(differ, SHIFT_MASK_VALUE)
+
+
+class WindowAttention(nn.Module):
+    """Multi-head self-attention inside windows, with a learned relative-position bias per head.
+
+    The bias table covers ``window_size``; a smaller runtime window of ``N`` tokens uses the
+    top-left ``N x N`` block of the index, as the original did.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        window_size: Tuple[int, int],
+        num_heads: int,
+        qkv_bias: bool = True,
+        qk_scale: Optional[float] = None,
+        attn_drop: float = 0.0,
+        proj_drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"window attention: dim {dim} is not divisible by num_heads {num_heads}")
+        self.dim = dim
+        self.window_size = window_size
+        self.num_heads = num_heads
+        self.scale = attention_scale(dim // num_heads, qk_scale)
+        self.relative_position_bias_table = nn.Parameter(
+            torch.zeros((2 * window_size[0] - 1) * (2 * window_size[1] - 1), num_heads)
+        )
+        self.register_buffer("relative_position_index", relative_position_index(window_size))
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+        trunc_normal_(self.relative_position_bias_table, std=0.02)
+
+    def relative_position_bias(self, N: int) -> torch.Tensor:
+        """``(heads, N, N)`` bias for windows of ``N`` tokens."""
+        index = self.relative_position_index[:N, :N].reshape(-1)
+        return self.relative_position_bias_table[index].view(N, N, -1).permute(2, 0, 1)
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``x``: ``(B * num_windows, N, C)``; ``mask``: ``(num_windows, N, N)`` additive, or None."""
+        B_, N, C = x.shape
+        h, d = self.num_heads, C // self.num_heads
+        qkv = self.qkv(x)
+        bias = self.relative_position_bias(N)
+        if mask is None:
+            q, k, v = qkv.reshape(B_, N, 3, h, d).permute(2, 0, 3, 1, 4).unbind(0)
+            attn_mask = bias.unsqueeze(0)
+        else:
+            # Windows join the head axis so the per-window mask broadcasts over the batch
+            # instead of being copied for every image.
+            nW = mask.shape[0]
+            B = B_ // nW
+            q, k, v = qkv.reshape(B, nW, N, 3, h, d).permute(3, 0, 1, 4, 2, 5).reshape(3, B, nW * h, N, d).unbind(0)
+            attn_mask = (bias.unsqueeze(0) + mask.unsqueeze(1)).reshape(1, nW * h, N, N)
+        drop = self.attn_drop.p if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask.to(q.dtype), dropout_p=drop, scale=self.scale)
+        if mask is None:
+            out = out.transpose(1, 2)
+        else:
+            out = out.reshape(B, nW, h, N, d).permute(0, 1, 3, 2, 4)
+        return self.proj_drop(self.proj(out.reshape(B_, N, C)))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, window_size={self.window_size}, num_heads={self.num_heads}"
+
+
+class SwinTransformerBlock(nn.Module):
+    """(Shifted-)window attention then MLP, each pre-norm with a residual, on ``(B, H, W, C)`` maps.
+
+    ``official`` fixes the map size to ``input_resolution`` and stores the shift mask as the
+    ``attn_mask`` buffer; otherwise the window, shift, padding and mask follow the input size.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        input_resolution: Tuple[int, int],
+        num_heads: int,
+        window_size: int = 7,
+        shift_size: int = 0,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        qk_scale: Optional[float] = None,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        norm_layer=nn.LayerNorm,
+        official: bool = False,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.input_resolution = input_resolution
+        self.num_heads = num_heads
+        self.window_size = window_size
+        self.shift_size = shift_size
+        self.mlp_ratio = mlp_ratio
+        self.official = official
+        if min(input_resolution) <= window_size:
+            # a map no larger than the window is one window, never shifted
+            self.shift_size = 0
+            self.window_size = min(input_resolution)
+        if not 0 <= self.shift_size < self.window_size:
+            raise ValueError(
+                f"swin block: shift size {self.shift_size} must be in [0, window size {self.window_size}) "
+                f"(feature map {input_resolution})"
+            )
+        self.norm1 = norm_layer(dim)
+        self.attn = WindowAttention(
+            dim, to_2tuple(self.window_size), num_heads, qkv_bias, qk_scale, attn_drop, drop
+        )
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.norm2 = norm_layer(dim)
+        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), drop=drop)
+        if official:
+            mask = None
+            if self.shift_size > 0:
+                mask = shifted_window_mask(*input_resolution, self.window_size, self.shift_size)
+            self.register_buffer("attn_mask", mask)
+
+    def _window_and_shift(self, H: int, W: int) -> Tuple[int, int]:
+        # Per axis: a map no larger than the window uses its own size and no shift.
+        sizes = [n if n <= self.window_size else self.window_size for n in (H, W)]
+        shifts = [0 if n <= self.window_size else self.shift_size for n in (H, W)]
+        return min(sizes), min(shifts)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        shortcut = x
+        x = self.norm1(x)
+        if self.official:
+            if (H, W) != tuple(self.input_resolution):
+                raise ValueError(f"swin block expects a {self.input_resolution} map, got {(H, W)}")
+            ws, shift = self.window_size, self.shift_size
+            mask = self.attn_mask
+        else:
+            ws, shift = self._window_and_shift(H, W)
+            pad_b, pad_r = (ws - H % ws) % ws, (ws - W % ws) % ws
+            if pad_b or pad_r:
+                x = F.pad(x, (0, 0, 0, pad_r, 0, pad_b))
+            mask = shifted_window_mask(H + pad_b, W + pad_r, ws, shift, x.device) if shift > 0 else None
+        Hp, Wp = x.shape[1], x.shape[2]
+        if shift > 0:
+            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
+        windows = window_partition(x, ws).view(-1, ws * ws, C)
+        windows = self.attn(windows, mask=mask)
+        x = window_reverse(windows.view(-1, ws, ws, C), ws, Hp, Wp)
+        if shift > 0:
+            x = torch.roll(x, shifts=(shift, shift), dims=(1, 2))
+        if Hp != H or Wp != W:
+            x = x[:, :H, :W, :]
+        x = shortcut + self.drop_path(x)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def extra_repr(self) -> str:
+        return (
+            f"dim={self.dim}, input_resolution={self.input_resolution}, num_heads={self.num_heads}, "
+            f"window_size={self.window_size}, shift_size={self.shift_size}, mlp_ratio={self.mlp_ratio}"
+        )
+
+
+class PatchMerging(nn.Module):
+    """2x2 neighbourhoods concatenated (``4C``), normalised and projected to ``2C``; odd maps are
+    zero-padded first (the official variant requires even maps)."""
+
+    def __init__(self, input_resolution: Tuple[int, int], dim: int, norm_layer=nn.LayerNorm, official: bool = False):
+        super().__init__()
+        self.input_resolution = input_resolution
+        self.dim = dim
+        self.official = official
+        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.norm = norm_layer(4 * dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, H, W, C = x.shape
+        if H % 2 or W % 2:
+            if self.official:
+                raise ValueError(f"patch merging needs an even feature map, got {(H, W)}")
+            x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
+        return self.reduction(self.norm(x))
+
+    def extra_repr(self) -> str:
+        return f"input_resolution={self.input_resolution}, dim={self.dim}"
+
+
+class BasicLayer(nn.Module):
+    """One stage: ``depth`` blocks alternating plain and shifted windows, then optional patch merging."""
+
+    def __init__(
+        self,
+        dim: int,
+        input_resolution: Tuple[int, int],
+        depth: int,
+        num_heads: int,
+        window_size: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        qk_scale: Optional[float] = None,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: Sequence[float] = (),
+        norm_layer=nn.LayerNorm,
+        downsample: bool = False,
+        official: bool = False,
+        use_checkpoint: bool = False,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.input_resolution = input_resolution
+        self.depth = depth
+        self.use_checkpoint = use_checkpoint
+        self.blocks = nn.ModuleList(
+            SwinTransformerBlock(
+                dim, input_resolution, num_heads, window_size,
+                shift_size=0 if i % 2 == 0 else window_size // 2,
+                mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale, drop=drop, attn_drop=attn_drop,
+                drop_path=drop_path[i], norm_layer=norm_layer, official=official,
+            )
+            for i in range(depth)
+        )
+        self.downsample = PatchMerging(input_resolution, dim, norm_layer, official) if downsample else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for blk in self.blocks:
+            if self.use_checkpoint and self.training and torch.is_grad_enabled():
+                x = checkpoint(blk, x, use_reentrant=False)
+            else:
+                x = blk(x)
+        if self.downsample is not None:
+            x = self.downsample(x)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, input_resolution={self.input_resolution}, depth={self.depth}"
+
+
+class SwinPatchEmbed(PatchEmbed):
+    """Strided-conv patch embedding (``proj``) then LayerNorm (``norm``), returning ``(B, H, W, C)``.
+
+    Without ``official`` the image is zero-padded at the bottom/right to a multiple of the patch
+    size; with it, the image must be ``img_size``.
+    """
+
+    def __init__(self, img_size=224, patch_size=4, in_chans: int = 3, embed_dim: int = 96, norm_layer=nn.LayerNorm,
+                 official: bool = False) -> None:
+        super().__init__(img_size, patch_size, in_chans, embed_dim)
+        self.patches_resolution = list(self.feat_map_size)
+        self.norm = norm_layer(embed_dim) if norm_layer is not None else None
+        self.official = official
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        H, W = x.shape[-2:]
+        ph, pw = self.patch_size
+        if self.official:
+            if (H, W) != tuple(self.img_size):
+                raise ValueError(
+                    f"swin_transformer_official takes {self.img_size[0]}x{self.img_size[1]} images "
+                    f"(MODEL.TRUNK.SWIN_TRANSFORMER.IMAGE_SIZE), got {H}x{W}; swin_transformer takes any size"
+                )
+        elif H % ph or W % pw:
+            x = F.pad(x, (0, (pw - W % pw) % pw, 0, (ph - H % ph) % ph))
+        x = self.proj(x).permute(0, 2, 3, 1)
+        return self.norm(x) if self.norm is not None else x
+
+
+@dataclass(frozen=True)
+class SwinOptions:
+    """``MODEL.TRUNK.SWIN_TRANSFORMER``."""
+
+    image_size: int = 224
+    patch_size: int = 4
+    embed_dim: int = 96
+    depths: Tuple[int, ...] = (2, 2, 6, 2)
+    num_heads: Tuple[int, ...] = (3, 6, 12, 24)
+    window_size: int = 7
+    mlp_ratio: float = 4.0
+    dropout_rate: float = 0.0
+    attention_dropout_rate: float = 0.0
+    drop_path_rate: float = 0.1
+    qkv_bias: bool = True
+    qk_scale: Optional[float] = None
+
+    @classmethod
+    def from_config(cls, section: Mapping) -> "SwinOptions":
+        key = "MODEL.TRUNK.SWIN_TRANSFORMER."
+        qk_scale = section["QK_SCALE"]
+        out = cls(
+            image_size=opt.as_int(key + "IMAGE_SIZE", section["IMAGE_SIZE"], minimum=1),
+            patch_size=opt.as_int(key + "PATCH_SIZE", section["PATCH_SIZE"], minimum=1),
+            embed_dim=opt.as_int(key + "EMBED_DIM", section["EMBED_DIM"], minimum=1),
+            depths=tuple(opt.as_int_list(key + "DEPTHS", section["DEPTHS"])),
+            num_heads=tuple(opt.as_int_list(key + "NUM_HEADS", section["NUM_HEADS"])),
+            window_size=opt.as_int(key + "WINDOW_SIZE", section["WINDOW_SIZE"], minimum=1),
+            mlp_ratio=opt.as_float(key + "MLP_RATIO", section["MLP_RATIO"], minimum=0.0),
+            dropout_rate=opt.as_float(key + "DROPOUT_RATE", section["DROPOUT_RATE"], minimum=0.0),
+            attention_dropout_rate=opt.as_float(
+                key + "ATTENTION_DROPOUT_RATE", section["ATTENTION_DROPOUT_RATE"], minimum=0.0
+            ),
+            drop_path_rate=opt.as_float(key + "DROP_PATH_RATE", section["DROP_PATH_RATE"], minimum=0.0),
+            qkv_bias=opt.as_bool(key + "QKV_BIAS", section["QKV_BIAS"]),
+            qk_scale=None if qk_scale in (None, False) else (opt.as_float(key + "QK_SCALE", qk_scale) or None),
+        )
+        if len(out.depths) != len(out.num_heads):
+            raise ConfigError(
+                f"{key}NUM_HEADS: got {list(out.num_heads)}, expected one entry per stage of DEPTHS {list(out.depths)}"
+            )
+        if min(out.depths) < 1 or min(out.num_heads) < 1:
+            raise ConfigError(
+                f"{key}DEPTHS/NUM_HEADS: entries must be >= 1, got {list(out.depths)} / {list(out.num_heads)}"
+            )
+        for i, heads in enumerate(out.num_heads):
+            dim = out.embed_dim * 2 ** i
+            if dim % heads:
+                raise ConfigError(f"{key}NUM_HEADS[{i}]: got {heads}, stage {i} width {dim} is not divisible by it")
+        return out
+
+
+class SwinTransformer(nn.Module):
+    """Swin Transformer trunk returning the average of the final normalised tokens.
+
+    ``official`` selects the fixed-size behaviour of ``swin_transformer_official`` (see the module
+    docstring); the weights are the same for both.
+    """
+
+    def __init__(
+        self, options: SwinOptions = SwinOptions(), official: bool = False, use_checkpoint: bool = False
+    ) -> None:
+        super().__init__()
+        o = options
+        self.options = options
+        self.official = official
+        self.num_layers = len(o.depths)
+        self.embed_dim = o.embed_dim
+        self.num_features = o.embed_dim * 2 ** (self.num_layers - 1)
+        self.mlp_ratio = o.mlp_ratio
+        self.patch_embed = SwinPatchEmbed(o.image_size, o.patch_size, 3, o.embed_dim, nn.LayerNorm, official)
+        res = self.patch_embed.patches_resolution
+        self.patches_resolution = res
+        self._check_resolutions(res)
+        self.pos_drop = nn.Dropout(p=o.dropout_rate)
+        dpr = drop_path_rates(o.drop_path_rate, sum(o.depths))
+        self.layers = nn.ModuleList()
+        for i in range(self.num_layers):
+            start = sum(o.depths[:i])
+            self.layers.append(
+                BasicLayer(
+                    dim=o.embed_dim * 2 ** i,
+                    input_resolution=(res[0] // 2 ** i, res[1] // 2 ** i),
+                    depth=o.depths[i],
+                    num_heads=o.num_heads[i],
+                    window_size=o.window_size,
+                    mlp_ratio=o.mlp_ratio,
+                    qkv_bias=o.qkv_bias,
+                    qk_scale=o.qk_scale,
+                    drop=o.dropout_rate,
+                    attn_drop=o.attention_dropout_rate,
+                    drop_path=dpr[start:start + o.depths[i]],
+                    downsample=i < self.num_layers - 1,
+                    official=official,
+                    use_checkpoint=use_checkpoint,
+                )
+            )
+        self.norm = nn.LayerNorm(self.num_features)
+        self.apply(_init_weights)
+
+    def _check_resolutions(self, res: Sequence[int]) -> None:
+        key = "MODEL.TRUNK.SWIN_TRANSFORMER"
+        for i in range(self.num_layers):
+            h, w = res[0] // 2 ** i, res[1] // 2 ** i
+            if min(h, w) < 1:
+                raise ConfigError(
+                    f"{key}: IMAGE_SIZE {self.options.image_size} / PATCH_SIZE {self.options.patch_size} leaves "
+                    f"no tokens for stage {i} of {self.num_layers}"
+                )
+            if not self.official:
+                continue
+            ws = min(h, w) if min(h, w) <= self.options.window_size else self.options.window_size
+            if h % ws or w % ws or (i < self.num_layers - 1 and (h % 2 or w % 2)):
+                raise ConfigError(
+                    f"{key}: swin_transformer_official needs stage {i}'s {h}x{w} map to be a multiple of the "
+                    f"window ({ws}) and even before merging; use swin_transformer, which pads"
+                )
+
+    @property
+    def feature_names(self) -> List[str]:
+        """Names accepted in ``out_feat_keys``."""
+        return list(FEATURES)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, num_features)``: the last stage's tokens, layer-normalised and averaged."""
+        x = self.pos_drop(self.patch_embed(x))
+        for layer in self.layers:
+            x = layer(x)
+        return self.norm(x.flatten(1, 2)).mean(dim=1)
+
+    def forward(self, x: torch.Tensor, out_feat_keys: Optional[Sequence[str]] = None) -> List[torch.Tensor]:
+        names = list(out_feat_keys) if out_feat_keys else ["lastCLS"]
+        unknown = [n for n in names if n not in FEATURES]
+        if unknown:
+            raise ValueError(f"features {unknown} do not exist in the Swin trunk; valid names: {list(FEATURES)}")
+        feat = self.forward_features(x)
+        return [feat for _ in names]
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.zeros_(m.bias)
+        nn.init.ones_(m.weight)
+
+
+def _build(model_config: Mapping, official: bool) -> SwinTransformer:
+    common = TrunkCommon.from_config(model_config)
+    return SwinTransformer(
+        SwinOptions.from_config(model_config["TRUNK"]["SWIN_TRANSFORMER"]),
+        official=official,
+        use_checkpoint=common.use_checkpointing,
+    )
+
+
+@register_model_trunk("swin_transformer")
+def build_swin_transformer(model_config: Mapping, model_name: str = "swin_transformer") -> SwinTransformer:
+    """Build the ``swin_transformer`` trunk (any input size) from ``MODEL.TRUNK.SWIN_TRANSFORMER``."""
+    return _build(model_config, official=False)
+
+
+@register_model_trunk("swin_transformer_official")
+def build_swin_transformer_official(
+    model_config: Mapping, model_name: str = "swin_transformer_official"
+) -> SwinTransformer:
+    """Build ``swin_transformer_official`` (``IMAGE_SIZE`` inputs only, ``attn_mask`` buffers) from
+    ``MODEL.TRUNK.SWIN_TRANSFORMER``."""
+    return _build(model_config, official=True)
