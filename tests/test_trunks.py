@@ -62,6 +62,6 @@ def test_second_input_size(spec):
 
 
 def test_unknown_feature_name_lists_valid_names():
-    trunk = build_trunk(TRUNK_SPECS[0])
+    trunk = build_trunk(next(s for s in TRUNK_SPECS if s.id == "resnet18"))
     with pytest.raises(ValueError, match="res5avg"):
         trunk(image(1, 32), ["res9"])
