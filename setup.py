@@ -11,7 +11,11 @@ setup(
     packages=find_packages(include=["vissl_models", "vissl_models.*"]) + ["vissl_models.configs"],
     # The YAML model configs live at the top of the repository and ship inside the package.
     package_dir={"vissl_models.configs": "configs"},
-    package_data={"vissl_models.config": ["*.yaml"], "vissl_models.configs": ["*.yaml"]},
+    package_data={
+        "vissl_models": ["zoo.yaml"],
+        "vissl_models.config": ["*.yaml"],
+        "vissl_models.configs": ["*.yaml"],
+    },
     install_requires=[
         "torch>=2.1",
         "torchvision>=0.16",
@@ -19,6 +23,8 @@ setup(
         "fvcore>=0.1.5",
         "numpy>=1.21",
         "PyYAML>=5.4",
+        "Pillow>=9",
+        "tqdm>=4",
     ],
     extras_require={
         "timm": ["timm>=0.9"],

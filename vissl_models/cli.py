@@ -2,6 +2,10 @@
 
     vissl-models                                   summary of the default model (SwAV ResNet-50)
     vissl-models summary CONFIG [KEY=VALUE ...]    summary of any config, optionally --weights FILE
+    vissl-models extract CONFIG --images DIR_OR_LIST --out FILE.npz|.pt [--weights W] [--layers res4,res5avg]
+                                                   trunk features of images ([KEY=VALUE ...] overrides)
+    vissl-models zoo [--method M] [--arch A] [--json]
+                                                   the original model zoo: checkpoints, configs, top-1
 """
 
 from __future__ import annotations
@@ -169,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input", action="append", default=[], dest="inputs",
                    help="KEY=SHAPE for multi-input models (repeatable), e.g. images=2x3x224x224")
     s.add_argument("--no-flops", action="store_true", help="skip the fvcore FLOP count")
+    from .extract import add_extract_parser
+    from .zoo import add_zoo_parser
+
+    add_extract_parser(sub)
+    add_zoo_parser(sub)
     return p
 
 
@@ -176,7 +185,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """Parse ``argv``; KEY=VALUE words after the config become ``overrides``, anywhere among options."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    bad = [w for w in extra if w.startswith("-") or "=" not in w]
+    bad = [w for w in extra if w.startswith("-") or "=" not in w or args.command == "zoo"]
     if bad:
         parser.error(f"unrecognized arguments: {' '.join(bad)}")
     args.overrides = extra
@@ -190,6 +199,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return summary(DEFAULT_CONFIG, crops=DEFAULT_CROPS)
         if args.command == "summary":
             return summary(args.config, args.overrides, args.weights, args.crops, args.inputs, not args.no_flops)
+        if args.command == "extract":
+            from .extract import run_extract
+
+            return run_extract(args)
+        if args.command == "zoo":
+            from .zoo import run_zoo
+
+            return run_zoo(args)
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"vissl-models: error: {e}", file=sys.stderr)
         return 2
