@@ -4,6 +4,8 @@
     vissl-models summary CONFIG [KEY=VALUE ...]    summary of any config, optionally --weights FILE
     vissl-models extract CONFIG --images DIR_OR_LIST --out FILE.npz|.pt [--weights W] [--layers res4,res5avg]
                                                    trunk features of images ([KEY=VALUE ...] overrides)
+    vissl-models convert IN OUT --to {torchvision,timm,vissl} [--arch NAME]
+                                                   convert weights between VISSL and torchvision/timm
     vissl-models zoo [--method M] [--arch A] [--json]
                                                    the original model zoo: checkpoints, configs, top-1
 """
@@ -173,9 +175,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input", action="append", default=[], dest="inputs",
                    help="KEY=SHAPE for multi-input models (repeatable), e.g. images=2x3x224x224")
     s.add_argument("--no-flops", action="store_true", help="skip the fvcore FLOP count")
+    from .checkpoint.convert import add_convert_parser
     from .extract import add_extract_parser
     from .zoo import add_zoo_parser
 
+    add_convert_parser(sub)
     add_extract_parser(sub)
     add_zoo_parser(sub)
     return p
@@ -199,6 +203,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return summary(DEFAULT_CONFIG, crops=DEFAULT_CROPS)
         if args.command == "summary":
             return summary(args.config, args.overrides, args.weights, args.crops, args.inputs, not args.no_flops)
+        if args.command == "convert":
+            from .checkpoint.convert import run_convert
+
+            return run_convert(args)
         if args.command == "extract":
             from .extract import run_extract
 
