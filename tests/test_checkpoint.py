@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import vissl_models
-from vissl_models.checkpoint import CheckpointError, load_checkpoint
+from vissl_models.checkpoint import CheckpointError, load_checkpoint, safe_torch_load
+from vissl_models.checkpoint.load import StateMismatchError
 from utils import assert_same_outputs, image, tiny_model
 
 MLP_HEAD = {"PARAMS": [["mlp", {"dims": [512, 16]}]]}
@@ -101,13 +102,21 @@ def test_a_pickle_that_would_run_a_command_runs_nothing(tmp_path, model):
     ckpt = vissl_checkpoint(model)
     ckpt["classy_state_dict"]["hooks"] = _RunsCommandOnLoad(marker)
     path = save(tmp_path, ckpt)
-    with pytest.raises(CheckpointError, match="refused.*nothing from it was executed"):
-        load_checkpoint(path)
+    # The hook state is not model weights: it becomes an inert placeholder naming what it stood for.
+    loaded = load_checkpoint(path)
+    assert loaded.placeholders == [f"classy_state_dict.hooks: {os.system.__module__}.system"]
+    assert all(torch.equal(loaded.trunk[k], v) for k, v in model.trunk.state_dict().items())
+    other = tiny_model(1, HEAD=MLP_HEAD).eval()
+    assert other.load_weights(loaded).ok
     assert not marker.exists()
-    # The same object as a plain pickle file (not torch's zip format) is refused too.
+    # Refused outright when placeholders are not allowed.
+    with pytest.raises(CheckpointError, match="refused.*nothing from it was executed"):
+        safe_torch_load(path, allow_placeholders=False)
+    assert not marker.exists()
+    # The same object as a plain pickle file (not torch's format) is not a checkpoint; nothing runs.
     raw = tmp_path / "raw.pkl"
     raw.write_bytes(pickle.dumps({"state_dict": _RunsCommandOnLoad(marker)}))
-    with pytest.raises(CheckpointError):
+    with pytest.raises(CheckpointError, match="raw.pkl"):
         load_checkpoint(str(raw))
     assert not marker.exists()
 
@@ -208,3 +217,90 @@ def test_weights_init_into_linear_eval_model(tmp_path, model):
                                model.trunk._feature_blocks.conv1.weight)
     assert not (lin.heads[0].clf[0].weight == 7.0).any()
     assert "heads.0.clf.0.weight" in lin.weights_init_report.skipped
+
+
+# ----------------------------------------------------------------------------- load_weights
+def snapshot(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def unchanged(model, before) -> bool:
+    return all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_load_weights_strict_round_trip_from_path_loaded_and_dict(tmp_path, model):
+    path = save(tmp_path, vissl_checkpoint(model))
+    x = image(2, 32)
+    for source in (path, load_checkpoint(path), vissl_checkpoint(model)):
+        other = tiny_model(1, HEAD=MLP_HEAD).eval()
+        report = other.load_weights(source)
+        assert report.ok and len(report.loaded) == len(other.state_dict()) and "vissl_classy" in report.checkpoint
+        with torch.no_grad():
+            assert_same_outputs(model(x), other(x))
+
+
+def test_load_weights_strict_reports_every_problem_and_changes_nothing(tmp_path, model):
+    ckpt = vissl_checkpoint(model)
+    state = ckpt["classy_state_dict"]["base_model"]["model"]
+    del state["trunk"]["_feature_blocks.layer1.0.bn1.running_var"]
+    state["trunk"]["_feature_blocks.extra.weight"] = torch.zeros(2)
+    state["heads"]["0.clf.0.weight"] = torch.zeros(8, 512)
+    path = save(tmp_path, ckpt)
+    other = tiny_model(1, HEAD=MLP_HEAD)
+    before = snapshot(other)
+    with pytest.raises(StateMismatchError, match="nothing was loaded") as info:
+        other.load_weights(path)
+    report = info.value.report
+    assert report.missing == ["trunk._feature_blocks.layer1.0.bn1.running_var"]
+    assert report.unexpected == ["trunk._feature_blocks.extra.weight"]
+    assert report.shape_mismatch == ["heads.0.clf.0.weight: checkpoint (8, 512) vs model (16, 512)"]
+    assert unchanged(other, before)
+    # Not strict: what fits is loaded, the rest is reported.
+    report = other.load_weights(path, strict=False)
+    assert not report.ok and report.shape_mismatch_skipped == ["heads.0.clf.0.weight"]
+    torch.testing.assert_close(other.trunk._feature_blocks.conv1.weight, model.trunk._feature_blocks.conv1.weight)
+    assert torch.equal(other.heads[0].clf[0].weight, before["heads.0.clf.0.weight"])
+
+
+def test_load_weights_skip_leaves_keys_alone_on_purpose(tmp_path, model):
+    ckpt = vissl_checkpoint(model)
+    ckpt["classy_state_dict"]["base_model"]["model"]["heads"] = {"0.clf.0.weight": torch.zeros(3, 3)}
+    path = save(tmp_path, ckpt)
+    other = tiny_model(1, HEAD=MLP_HEAD)
+    before = snapshot(other)
+    report = other.load_weights(path, skip=("heads.",))
+    assert report.ok and set(report.skipped) == {"heads.0.clf.0.weight", "heads.0.clf.0.bias"}
+    assert torch.equal(other.heads[0].clf[0].weight, before["heads.0.clf.0.weight"])
+    torch.testing.assert_close(other.trunk._feature_blocks.conv1.weight, model.trunk._feature_blocks.conv1.weight)
+
+
+def test_load_weights_into_a_linear_eval_model_adds_the_base_model_prefix(tmp_path, model):
+    path = save(tmp_path, vissl_checkpoint(model))
+    cfg = vissl_models.load_config({"MODEL": {
+        "TRUNK": {"RESNETS": {"DEPTH": 18}},
+        "FEATURE_EVAL_SETTINGS": {"EVAL_MODE_ON": True, "FREEZE_TRUNK_ONLY": True,
+                                  "LINEAR_EVAL_FEAT_POOL_OPS_MAP": [["res5avg", ["Identity", []]]]},
+        "HEAD": {"PARAMS": [["mlp", {"dims": [512, 10]}]]}}}).MODEL
+    lin = vissl_models.build_model(cfg)
+    report = lin.load_weights(path, skip=("heads.",))
+    assert report.ok and all(k.startswith("trunk.base_model.") for k in report.loaded)
+    torch.testing.assert_close(lin.trunk.base_model._feature_blocks.conv1.weight, model.trunk._feature_blocks.conv1.weight)
+
+
+def test_bad_files_name_the_file_and_leave_the_model_alone(tmp_path, model):
+    good = save(tmp_path, vissl_checkpoint(model))
+    truncated = tmp_path / "truncated.torch"
+    truncated.write_bytes(open(good, "rb").read()[: os.path.getsize(good) // 2])
+    empty = tmp_path / "empty.torch"
+    empty.write_bytes(b"")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a checkpoint\n")
+    other = tiny_model(1, HEAD=MLP_HEAD)
+    before = snapshot(other)
+    for path, error, what in ((tmp_path / "nope.torch", FileNotFoundError, "not found"),
+                              (empty, CheckpointError, "empty"),
+                              (truncated, CheckpointError, "truncated"),
+                              (notes, CheckpointError, "not a readable PyTorch checkpoint")):
+        with pytest.raises(error, match=f"{path.name}.*{what}"):
+            other.load_weights(str(path))
+        assert unchanged(other, before)

@@ -1,6 +1,6 @@
 """vissl_models: VISSL's model layer (trunks, heads, SSL model, checkpoints) on current PyTorch."""
 
-from .checkpoint import CheckpointError, LoadedCheckpoint, LoadReport, load_checkpoint
+from .checkpoint import CheckpointError, LoadedCheckpoint, LoadReport, StateMismatchError, load_checkpoint
 from .config import AttrDict, ConfigError, load_config
 from .registry import (
     get_model_head,
@@ -24,6 +24,7 @@ __all__ = [
     "ConfigError",
     "LoadReport",
     "LoadedCheckpoint",
+    "StateMismatchError",
     "build_model",
     "get_model_head",
     "get_model_trunk",

@@ -147,7 +147,7 @@ def summary(config: str, overrides: Sequence[str] = (), weights: Optional[str] =
         ckpt = load_checkpoint(weights)
         trunk_report = load_module_state(model.trunk, ckpt.trunk, "trunk", strict=False)
         heads_report = load_module_state(model.heads, ckpt.heads, "heads", strict=False)
-        print(f"weights    {weights} (layout {ckpt.layout})", file=out)
+        print(f"weights    {ckpt.describe()}", file=out)
         for label, rep, module in (("trunk", trunk_report, model.trunk), ("heads", heads_report, model.heads)):
             total = len(module.state_dict())
             print(f"  {label}: {len(rep.loaded)}/{total} keys loaded{rep.details()}", file=out)

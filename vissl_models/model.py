@@ -258,11 +258,26 @@ class BaseSSLMultiInputOutputModel(ClassyModel):
         logger.info("initialised from %s: %s", weights_init.PARAMS_FILE, report)
         return report
 
-    def load_checkpoint(self, path: str, strict_heads: bool = False) -> LoadReport:
-        """Load a VISSL checkpoint file (any layout ``load_checkpoint`` knows) into this model."""
+    def load_checkpoint(self, path: str, strict_heads: bool = False, which: Optional[str] = None) -> LoadReport:
+        """Load a checkpoint file (any layout ``load_checkpoint`` knows) through ``set_classy_state``:
+        trunk strict, heads partial unless ``strict_heads``. ``which``: teacher/student/ema."""
         from .checkpoint.io import load_checkpoint
 
-        return self.set_classy_state(load_checkpoint(path).classy_state(), strict_heads=strict_heads)
+        return self.set_classy_state(load_checkpoint(path, which=which).classy_state(), strict_heads=strict_heads)
+
+    def load_weights(self, loaded_or_path: Any, strict: bool = True, skip: Sequence[str] = (),
+                     which: Optional[str] = None) -> LoadReport:
+        """Load a ``LoadedCheckpoint``, a checkpoint path or a checkpoint dict into this model.
+
+        Every key is checked before anything changes. ``strict=True``: any missing, unexpected or
+        shape-mismatched key raises ``StateMismatchError`` (a ``CheckpointError`` whose ``report``
+        lists them) and the model is left as it was. ``strict=False``: what fits is loaded and the
+        rest reported. Keys containing any ``skip`` entry (e.g. ``"heads."``,
+        ``"num_batches_tracked"``) are left alone on purpose and listed in ``report.skipped``.
+        """
+        from .checkpoint.load import load_weights
+
+        return load_weights(self, loaded_or_path, strict=strict, skip=skip, which=which)
 
 
 def build_model(
