@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Sequence, Union
 
+import torch
 from torch import nn
 
 from ..config import options as opt
@@ -47,3 +48,12 @@ class HeadCommon:
 def check_dims(head: str, dims, min_len: int = 2) -> list:
     """``dims`` as a list of ints, with at least ``min_len`` entries."""
     return opt.as_int_list(f"head {head!r} option 'dims'", dims, min_len=min_len)
+
+
+def single_tensor(what: str, batch: Union[torch.Tensor, Sequence[torch.Tensor]]) -> torch.Tensor:
+    """``batch``, or its only element when it is a list/tuple; ``what`` names the head in the error."""
+    if isinstance(batch, (list, tuple)):
+        if len(batch) != 1:
+            raise ValueError(f"{what} takes a tensor or a list of one tensor, got a list of {len(batch)}")
+        batch = batch[0]
+    return batch

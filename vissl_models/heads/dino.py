@@ -9,25 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import options as opt
-from ..layers import WeightNormLinear, trunc_normal_
+from ..layers import WeightNormLinear
+from ..layers.init import init_linear_trunc_normal
+from ..layers.weight_norm import weight_norm_prototypes
 from ..registry import register_model_head
-
-
-def init_linear_trunc_normal(m: nn.Module) -> None:
-    """Linear weights ~ truncated normal(std 0.02), biases zero (DINO / iBOT / MSN heads)."""
-    if isinstance(m, nn.Linear):
-        trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-
-
-def weight_norm_prototypes(in_dim: int, out_dim: int, normalize_last_layer: bool) -> WeightNormLinear:
-    """Bias-free weight-normalised layer with ``weight_g`` set to 1 (frozen with ``normalize_last_layer``)."""
-    proto = WeightNormLinear(in_dim, out_dim, bias=False)
-    with torch.no_grad():
-        proto.weight_g.fill_(1)
-    proto.weight_g.requires_grad = not normalize_last_layer
-    return proto
 
 
 class DINOHead(nn.Module):

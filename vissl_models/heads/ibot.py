@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import options as opt
+from ..layers.init import init_linear_trunc_normal
+from ..layers.weight_norm import weight_norm_prototypes
 from ..registry import register_model_head
-from .dino import init_linear_trunc_normal, weight_norm_prototypes
 
 NORMS = (None, "bn", "syncbn", "ln")
 ACTS = ("relu", "gelu")
@@ -59,21 +60,55 @@ def build_act(head: str, act: str) -> nn.Module:
     return nn.ReLU() if act == "relu" else nn.GELU()
 
 
-def _hidden_layers(in_dim: int, hidden_dim: int, count: int, norm: Optional[nn.Module], act: nn.Module) -> List[nn.Module]:
-    # The original reuses one norm and one activation instance at every depth (so a BN's keys
-    # appear under each position); kept for checkpoint compatibility.
+def _hidden_layers(head: str, in_dim: int, hidden_dim: int, count: int, norm: Optional[str], act: str) -> List[nn.Module]:
+    """``count`` times Linear, [norm], activation (options checked even for ``count == 0``).
+
+    The original reuses one norm and one activation instance at every depth (so a BN's keys
+    appear under each position); kept for checkpoint compatibility.
+    """
+    norm_module = build_norm(head, norm, hidden_dim)
+    act_module = build_act(head, act)
     layers: List[nn.Module] = []
     width = in_dim
     for _ in range(count):
         layers.append(nn.Linear(width, hidden_dim))
-        if norm is not None:
-            layers.append(norm)
-        layers.append(act)
+        if norm_module is not None:
+            layers.append(norm_module)
+        layers.append(act_module)
         width = hidden_dim
     return layers
 
 
-class IBOTHead(nn.Module):
+class _IBOTHeadBase(nn.Module):
+    """What both iBOT heads share: the optional non-affine ``last_norm`` / ``last_norm2`` (one
+    module with ``shared_head``), and the split of the output into class and patch tokens."""
+
+    head_name = ""
+
+    def _build_last_norms(
+        self, last_norm: Optional[str], out_dim: int, patch_out_dim: int, shared_head: bool, norm_kwargs
+    ) -> None:
+        self.last_norm = build_norm(self.head_name, last_norm, out_dim, affine=False, **norm_kwargs)
+        if shared_head:
+            self.last_norm2 = self.last_norm
+        else:
+            self.last_norm2 = build_norm(self.head_name, last_norm, patch_out_dim, affine=False, **norm_kwargs)
+
+    def _outputs(self, x: torch.Tensor, to_class: nn.Module, to_patch: nn.Module) -> List[torch.Tensor]:
+        """``[to_class(x)]`` for class tokens ``(B, C)``; ``[to_class(x[:, 0]), to_patch(x[:, 1:])]``
+        for every token ``(B, 1 + N, C)``; each through its last norm."""
+        if x.ndim == 2:
+            out = [to_class(x)]
+            norms = [self.last_norm]
+        else:
+            out = [to_class(x[:, 0]), to_patch(x[:, 1:])]
+            norms = [self.last_norm, self.last_norm2]
+        if self.last_norm is not None:
+            out = [apply_token_norm(n, o) for n, o in zip(norms, out)]
+        return out
+
+
+class IBOTHead(_IBOTHeadBase):
     """iBOT projection head: ``mlp``, L2 normalisation, ``prototypes0`` for the class token and
     ``prototypes1`` for patch tokens (the same module with ``shared_head``), then optional
     non-affine ``last_norm`` / ``last_norm2``.
@@ -81,6 +116,8 @@ class IBOTHead(nn.Module):
     Keys: ``mlp.<i>.*``, ``prototypes0.weight_g/weight_v``, ``prototypes1.weight_g/weight_v``
     (present, and tied to prototypes0, with ``shared_head``).
     """
+
+    head_name = "ibot_head"
 
     def __init__(
         self,
@@ -100,12 +137,10 @@ class IBOTHead(nn.Module):
         super().__init__()
         num_layers = opt.as_int("head 'ibot_head' option 'num_layers'", num_layers, minimum=1)
         patch_out_dim = patch_out_dim or out_dim
-        norm_module = build_norm("ibot_head", norm, hidden_dim)
-        act_module = build_act("ibot_head", act)
+        layers = _hidden_layers(self.head_name, in_dim, hidden_dim, num_layers - 1, norm, act)
         if num_layers == 1:
             self.mlp: nn.Module = nn.Linear(in_dim, bottleneck_dim)
         else:
-            layers = _hidden_layers(in_dim, hidden_dim, num_layers - 1, norm_module, act_module)
             self.mlp = TokenSequential(*layers, nn.Linear(hidden_dim, bottleneck_dim))
         self.apply(init_linear_trunc_normal)
         self.prototypes0 = weight_norm_prototypes(bottleneck_dim, out_dim, normalize_last_layer)
@@ -113,29 +148,18 @@ class IBOTHead(nn.Module):
             self.prototypes1 = self.prototypes0
         else:
             self.prototypes1 = weight_norm_prototypes(bottleneck_dim, patch_out_dim, normalize_last_layer)
-        self.last_norm = build_norm("ibot_head", last_norm, out_dim, affine=False, **norm_kwargs)
-        if shared_head:
-            self.last_norm2 = self.last_norm
-        else:
-            self.last_norm2 = build_norm("ibot_head", last_norm, patch_out_dim, affine=False, **norm_kwargs)
+        self._build_last_norms(last_norm, out_dim, patch_out_dim, shared_head, norm_kwargs)
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
-        x = F.normalize(self.mlp(x), dim=-1, p=2)
-        if x.ndim == 2:
-            out = [self.prototypes0(x)]
-            norms = [self.last_norm]
-        else:
-            out = [self.prototypes0(x[:, 0]), self.prototypes1(x[:, 1:])]
-            norms = [self.last_norm, self.last_norm2]
-        if self.last_norm is not None:
-            out = [apply_token_norm(n, o) for n, o in zip(norms, out)]
-        return out
+        return self._outputs(F.normalize(self.mlp(x), dim=-1, p=2), self.prototypes0, self.prototypes1)
 
 
-class IBOTDistillationHead(nn.Module):
+class IBOTDistillationHead(_IBOTHeadBase):
     """iBOT distillation head: ``mlp`` (at least one hidden layer), then ``to_class_out`` for the
     class token and ``to_patch_out`` for patch tokens (shared with ``shared_head``), then optional
     non-affine ``last_norm`` / ``last_norm2``. No normalisation or prototypes."""
+
+    head_name = "ibot_distillation_head"
 
     def __init__(
         self,
@@ -153,31 +177,14 @@ class IBOTDistillationHead(nn.Module):
         super().__init__()
         num_layers = opt.as_int("head 'ibot_distillation_head' option 'num_layers'", num_layers, minimum=2)
         patch_out_dim = patch_out_dim or out_dim
-        norm_module = build_norm("ibot_distillation_head", norm, hidden_dim)
-        act_module = build_act("ibot_distillation_head", act)
-        self.mlp = TokenSequential(*_hidden_layers(in_dim, hidden_dim, num_layers - 1, norm_module, act_module))
+        self.mlp = TokenSequential(*_hidden_layers(self.head_name, in_dim, hidden_dim, num_layers - 1, norm, act))
         self.to_class_out = nn.Linear(hidden_dim, out_dim)
         self.to_patch_out = self.to_class_out if shared_head else nn.Linear(hidden_dim, patch_out_dim)
         self.apply(init_linear_trunc_normal)
-        self.last_norm = build_norm("ibot_distillation_head", last_norm, out_dim, affine=False, **norm_kwargs)
-        if shared_head:
-            self.last_norm2 = self.last_norm
-        else:
-            self.last_norm2 = build_norm(
-                "ibot_distillation_head", last_norm, patch_out_dim, affine=False, **norm_kwargs
-            )
+        self._build_last_norms(last_norm, out_dim, patch_out_dim, shared_head, norm_kwargs)
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
-        x = self.mlp(x)
-        if x.ndim == 2:
-            out = [self.to_class_out(x)]
-            norms = [self.last_norm]
-        else:
-            out = [self.to_class_out(x[:, 0]), self.to_patch_out(x[:, 1:])]
-            norms = [self.last_norm, self.last_norm2]
-        if self.last_norm is not None:
-            out = [apply_token_norm(n, o) for n, o in zip(norms, out)]
-        return out
+        return self._outputs(self.mlp(x), self.to_class_out, self.to_patch_out)
 
 
 @register_model_head("ibot_head")

@@ -8,20 +8,31 @@ import torch
 from torch import nn
 
 from ..registry import register_model_head
-from .common import HeadCommon, check_dims
+from .common import HeadCommon, check_dims, single_tensor
 
 
 def _as_2d(head: str, batch: Union[torch.Tensor, Sequence[torch.Tensor]]) -> torch.Tensor:
     """Accept N x C, N x C x 1 x 1, or a one-element list of those."""
-    if isinstance(batch, (list, tuple)):
-        if len(batch) != 1:
-            raise ValueError(f"{head} head takes a tensor or a list of one tensor, got a list of {len(batch)}")
-        batch = batch[0]
+    batch = single_tensor(f"{head} head", batch)
     if batch.ndim > 2:
         if any(d != 1 for d in batch.shape[2:]):
             raise ValueError(f"{head} head expects N x C or N x C x 1 x 1 input, got {tuple(batch.shape)}")
         batch = batch.reshape(batch.shape[0], batch.shape[1])
     return batch
+
+
+def linear_layers(
+    in_dim: int, out_dim: int, use_bias: bool, use_bn: bool, use_relu: bool, use_dropout: bool, common: HeadCommon
+) -> List[nn.Module]:
+    """Linear, then optionally BatchNorm1d, ReLU and Dropout: one layer of the MLP heads."""
+    layers: List[nn.Module] = [nn.Linear(in_dim, out_dim, bias=use_bias)]
+    if use_bn:
+        layers.append(common.batchnorm1d(out_dim))
+    if use_relu:
+        layers.append(nn.ReLU(inplace=True))
+    if use_dropout:
+        layers.append(nn.Dropout())
+    return layers
 
 
 class MLP(nn.Module):
@@ -45,15 +56,10 @@ class MLP(nn.Module):
         dims = check_dims("mlp", dims)
         layers: List[nn.Module] = []
         for i in range(1, len(dims)):
-            layers.append(nn.Linear(dims[i - 1], dims[i], bias=use_bias))
-            if i == len(dims) - 1 and skip_last_layer_relu_bn:
-                break
-            if use_bn:
-                layers.append(common.batchnorm1d(dims[i]))
-            if use_relu:
-                layers.append(nn.ReLU(inplace=True))
-            if use_dropout:
-                layers.append(nn.Dropout())
+            keep = not (i == len(dims) - 1 and skip_last_layer_relu_bn)
+            layers += linear_layers(
+                dims[i - 1], dims[i], use_bias, use_bn and keep, use_relu and keep, use_dropout and keep, common
+            )
         self.clf = nn.Sequential(*layers)
         common.scale_linear_weights(self)
 
@@ -68,14 +74,9 @@ class MLPResidualBlock(nn.Module):
         super().__init__()
         self.input_dim = input_dim
         self.output_dim = output_dim
-        layers: List[nn.Module] = [nn.Linear(input_dim, output_dim, bias=use_bias)]
-        if use_bn:
-            layers.append(common.batchnorm1d(output_dim))
-        if use_relu:
-            layers.append(nn.ReLU(inplace=True))
-        if use_dropout:
-            layers.append(nn.Dropout())
-        self.mlp_res_block = nn.Sequential(*layers)
+        self.mlp_res_block = nn.Sequential(
+            *linear_layers(input_dim, output_dim, use_bias, use_bn, use_relu, use_dropout, common)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_dim == self.output_dim:

@@ -14,17 +14,9 @@ from torch import nn
 
 from ..config import options as opt
 from ..registry import register_model_head
-from .common import HeadCommon
+from .common import HeadCommon, single_tensor
 
 Batch = Union[torch.Tensor, Sequence[torch.Tensor]]
-
-
-def _single_tensor(head: str, batch: Batch) -> torch.Tensor:
-    if isinstance(batch, (list, tuple)):
-        if len(batch) != 1:
-            raise ValueError(f"{head} takes a tensor or a list of one tensor, got a list of {len(batch)}")
-        batch = batch[0]
-    return batch
 
 
 def _as_nc11(head: str, batch: torch.Tensor, channels: int) -> torch.Tensor:
@@ -46,91 +38,83 @@ def _init_linears(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def _check(head: str, in_channels, mid_channels, num_classes, drop_out) -> tuple:
-    prefix = f"head {head!r} option "
-    return (
-        opt.as_int(prefix + "'in_channels'", in_channels, minimum=1),
-        opt.as_int(prefix + "'mid_channels'", mid_channels, minimum=1),
-        opt.as_int(prefix + "'num_classes'", num_classes, minimum=1),
-        opt.as_float(prefix + "'drop_out'", drop_out, minimum=0.0),
-    )
+class _MobileNetV3HeadBase(nn.Module):
+    """Checks the options, builds the optional ``channel_bn`` and the ``classifier`` (from
+    ``_classifier``), and runs ``N x in_channels (x 1 x 1)`` inputs through them."""
+
+    head_name = ""
+
+    def __init__(
+        self,
+        in_channels: int = 960,
+        mid_channels: int = 1280,
+        num_classes: int = 1000,
+        drop_out: float = 0.2,
+        with_bn: bool = False,
+        common: HeadCommon = HeadCommon(),
+    ) -> None:
+        super().__init__()
+        prefix = f"head {self.head_name!r} option "
+        in_channels = opt.as_int(prefix + "'in_channels'", in_channels, minimum=1)
+        mid_channels = opt.as_int(prefix + "'mid_channels'", mid_channels, minimum=1)
+        num_classes = opt.as_int(prefix + "'num_classes'", num_classes, minimum=1)
+        drop_out = opt.as_float(prefix + "'drop_out'", drop_out, minimum=0.0)
+        self.in_channels = in_channels
+        self.with_bn = opt.as_bool(prefix + "'with_bn'", with_bn)
+        if self.with_bn:
+            self.channel_bn = common.batchnorm2d(in_channels)
+        self.classifier = self._classifier(in_channels, mid_channels, num_classes, drop_out)
+        _init_linears(self)
+
+    def _classifier(self, in_channels: int, mid_channels: int, num_classes: int, drop_out: float) -> nn.Sequential:
+        raise NotImplementedError
+
+    def _classify(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(x)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        x = _as_nc11(self.head_name, single_tensor(self.head_name, batch), self.in_channels)
+        if self.with_bn:
+            x = self.channel_bn(x)
+        return self._classify(x)
 
 
-class MobileNetV3Head(nn.Module):
+class MobileNetV3Head(_MobileNetV3HeadBase):
     """Optional BatchNorm2d on the pooled feature, then Linear, Hardswish, Dropout, Linear.
 
     Takes ``N x in_channels`` (or ``N x in_channels x 1 x 1``); returns ``N x num_classes``.
     """
 
-    def __init__(
-        self,
-        in_channels: int = 960,
-        mid_channels: int = 1280,
-        num_classes: int = 1000,
-        drop_out: float = 0.2,
-        with_bn: bool = False,
-        common: HeadCommon = HeadCommon(),
-    ) -> None:
-        super().__init__()
-        in_channels, mid_channels, num_classes, drop_out = _check(
-            "mobilenet_v3_head", in_channels, mid_channels, num_classes, drop_out
-        )
-        self.in_channels = in_channels
-        self.with_bn = opt.as_bool("head 'mobilenet_v3_head' option 'with_bn'", with_bn)
-        if self.with_bn:
-            self.channel_bn = common.batchnorm2d(in_channels)
-        self.classifier = nn.Sequential(
+    head_name = "mobilenet_v3_head"
+
+    def _classifier(self, in_channels: int, mid_channels: int, num_classes: int, drop_out: float) -> nn.Sequential:
+        return nn.Sequential(
             nn.Linear(in_channels, mid_channels),
             nn.Hardswish(inplace=True),
             nn.Dropout(p=drop_out, inplace=True),
             nn.Linear(mid_channels, num_classes),
         )
-        _init_linears(self)
 
-    def forward(self, batch: Batch) -> torch.Tensor:
-        x = _as_nc11("mobilenet_v3_head", _single_tensor("mobilenet_v3_head", batch), self.in_channels)
-        if self.with_bn:
-            x = self.channel_bn(x)
+    def _classify(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(x, start_dim=1))
 
 
-class MobileNetV3HeadTimm(nn.Module):
+class MobileNetV3HeadTimm(_MobileNetV3HeadBase):
     """Optional BatchNorm2d, then 1x1 Conv, Hardswish, Flatten, Dropout, Linear (timm's head).
 
     Takes ``N x in_channels`` (or ``N x in_channels x 1 x 1``); returns ``N x num_classes``.
     """
 
-    def __init__(
-        self,
-        in_channels: int = 960,
-        mid_channels: int = 1280,
-        num_classes: int = 1000,
-        drop_out: float = 0.2,
-        with_bn: bool = False,
-        common: HeadCommon = HeadCommon(),
-    ) -> None:
-        super().__init__()
-        in_channels, mid_channels, num_classes, drop_out = _check(
-            "mobilenet_v3_head_timm", in_channels, mid_channels, num_classes, drop_out
-        )
-        self.in_channels = in_channels
-        self.with_bn = opt.as_bool("head 'mobilenet_v3_head_timm' option 'with_bn'", with_bn)
-        if self.with_bn:
-            self.channel_bn = common.batchnorm2d(in_channels)
-        self.classifier = nn.Sequential(
+    head_name = "mobilenet_v3_head_timm"
+
+    def _classifier(self, in_channels: int, mid_channels: int, num_classes: int, drop_out: float) -> nn.Sequential:
+        return nn.Sequential(
             nn.Conv2d(in_channels, mid_channels, kernel_size=1),
             nn.Hardswish(inplace=True),
             nn.Flatten(start_dim=1),
             nn.Dropout(p=drop_out, inplace=True),
             nn.Linear(mid_channels, num_classes),
         )
-        _init_linears(self)
-
-    def forward(self, batch: Batch) -> torch.Tensor:
-        x = _as_nc11("mobilenet_v3_head_timm", _single_tensor("mobilenet_v3_head_timm", batch), self.in_channels)
-        if self.with_bn:
-            x = self.channel_bn(x)
-        return self.classifier(x)
 
 
 @register_model_head("mobilenet_v3_head")

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..layers.init import init_linear_trunc_normal
 from ..registry import register_model_head
-from .dino import init_linear_trunc_normal
 
 
 def smoothed_one_hot(num_classes: int, smoothing: float) -> torch.Tensor:

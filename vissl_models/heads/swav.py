@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import options as opt
-from ..layers import WeightNormLinear
+from ..layers.weight_norm import weight_norm_prototypes
 from ..registry import register_model_head
 from .common import HeadCommon, check_dims
 
@@ -57,10 +57,7 @@ class SwAVPrototypesHead(nn.Module):
         self.nmb_heads = len(num_clusters)
         for i, k in enumerate(num_clusters):
             if use_weight_norm_prototypes:
-                proto = WeightNormLinear(dims[-1], k, bias=False)
-                with torch.no_grad():
-                    proto.weight_g.fill_(1)
-                proto.weight_g.requires_grad = not normalize_last_layer
+                proto = weight_norm_prototypes(dims[-1], k, normalize_last_layer)
             else:
                 proto = nn.Linear(dims[-1], k, bias=False)
             self.add_module(f"prototypes{i}", proto)

@@ -1,6 +1,8 @@
-"""Stochastic depth."""
+"""Stochastic depth: the op, its module, and the per-block rate schedule."""
 
 from __future__ import annotations
+
+from typing import List
 
 import torch
 from torch import nn
@@ -28,3 +30,13 @@ class DropPath(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.drop_prob}"
+
+
+def optional_drop_path(drop_prob: float) -> nn.Module:
+    """``DropPath(drop_prob)``, or ``nn.Identity`` for a zero rate (the original's module choice)."""
+    return DropPath(drop_prob) if drop_prob > 0.0 else nn.Identity()
+
+
+def drop_path_rates(max_rate: float, depth: int) -> List[float]:
+    """Stochastic-depth rate per block: linear from 0 to ``max_rate`` (float32 steps, as the original)."""
+    return [float(r) for r in torch.linspace(0, max_rate, depth).tolist()]

@@ -2,21 +2,23 @@
 
 Module and parameter names follow the original (and timm): ``fc1/fc2`` in the MLP, ``qkv/proj``
 in attention, ``norm1/attn/norm2/mlp`` in a block, ``proj`` in the patch embedding, so
-checkpoints load unchanged. ``interpolate_pos_embed`` resizes positional embeddings for inputs of
-another size the way the original does; ``drop_path_rates`` is the stochastic-depth schedule.
+checkpoints load unchanged. ``AttentionBase`` and ``PreNormBlock`` hold what every attention
+variant and pre-norm block of those families share; the families add their own parts.
+``interpolate_pos_embed`` resizes positional embeddings for inputs of another size the way the
+original does; ``drop_path_rates`` is the stochastic-depth schedule.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Optional, Tuple, Union
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from .drop import DropPath
+from .checkpointing import checkpoint_without_bn_double_update
+from .drop import drop_path_rates, optional_drop_path
 
 
 def to_2tuple(x: Union[int, Tuple[int, int]]) -> Tuple[int, int]:
@@ -76,12 +78,11 @@ def attention_scale(head_dim: int, qk_scale: Optional[float]) -> float:
     return float(qk_scale) if qk_scale else head_dim ** -0.5
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention on ``(B, N, C)`` tokens through PyTorch's fused SDPA kernel.
+class AttentionBase(nn.Module):
+    """What the attention variants share: ``qkv`` and ``proj`` linears (keys ``qkv.*``, ``proj.*``),
+    attention and projection dropout, ``num_heads`` and ``scale``. Subclasses define ``forward``."""
 
-    ``attention_map`` gives the explicit softmax weights (for visualisation); the forward pass
-    never materialises them.
-    """
+    kind = "attention"  # names the layer in errors
 
     def __init__(
         self,
@@ -94,13 +95,25 @@ class Attention(nn.Module):
     ) -> None:
         super().__init__()
         if dim % num_heads != 0:
-            raise ValueError(f"attention: dim {dim} is not divisible by num_heads {num_heads}")
+            raise ValueError(f"{self.kind}: dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.scale = attention_scale(dim // num_heads, qk_scale)
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
+
+    def dropout_p(self) -> float:
+        """Attention dropout probability for ``scaled_dot_product_attention`` (0 in eval mode)."""
+        return self.attn_drop.p if self.training else 0.0
+
+
+class Attention(AttentionBase):
+    """Multi-head self-attention on ``(B, N, C)`` tokens through PyTorch's fused SDPA kernel.
+
+    ``attention_map`` gives the explicit softmax weights (for visualisation); the forward pass
+    never materialises them.
+    """
 
     def _qkv(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, N, C = x.shape
@@ -110,8 +123,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
         q, k, v = self._qkv(x)
-        drop = self.attn_drop.p if self.training else 0.0
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, scale=self.scale)
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout_p(), scale=self.scale)
         x = x.transpose(1, 2).reshape(B, N, C)
         return self.proj_drop(self.proj(x))
 
@@ -148,12 +160,43 @@ class Fp32LayerNorm(nn.LayerNorm):
         return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps).type_as(x)
 
 
-def drop_path_rates(max_rate: float, depth: int) -> List[float]:
-    """Stochastic-depth rate per block: linear from 0 to ``max_rate`` (float32 steps, as the original)."""
-    return [float(r) for r in torch.linspace(0, max_rate, depth).tolist()]
+class PreNormBlock(nn.Module):
+    """The modules of a pre-norm transformer block, in the original's order and under its keys:
+    ``norm1, attn, drop_path, norm2, mlp``. Subclasses add their own parts and define ``forward``.
+
+    ``attn_layer`` is called as ``attn_layer(dim, num_heads=, qkv_bias=, qk_scale=, attn_drop=,
+    proj_drop=)`` and ``mlp_layer`` as ``mlp_layer(in_features=, hidden_features=, act_layer=, drop=)``.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = False,
+        qk_scale: Optional[float] = None,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+        act_layer: Callable[[], nn.Module] = nn.GELU,
+        norm_layer: Callable[[int], nn.Module] = nn.LayerNorm,
+        attn_layer: Optional[Callable[..., nn.Module]] = None,
+        mlp_layer: Optional[Callable[..., nn.Module]] = None,
+    ) -> None:
+        super().__init__()
+        attn_layer = attn_layer or Attention
+        mlp_layer = mlp_layer or Mlp
+        self.norm1 = norm_layer(dim)
+        self.attn = attn_layer(
+            dim, num_heads=num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale, attn_drop=attn_drop, proj_drop=drop
+        )
+        self.drop_path = optional_drop_path(drop_path)
+        self.norm2 = norm_layer(dim)
+        # int(dim * ratio), not the configured width: the original sizes fc1 this way.
+        self.mlp = mlp_layer(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
 
 
-class Block(nn.Module):
+class Block(PreNormBlock):
     """Pre-norm transformer block: ``x + attn(norm1(x))`` then ``x + mlp(norm2(x))``.
 
     Keys ``norm1, attn.{qkv,proj}, norm2, mlp.{fc1,fc2}``. ``drop_path`` is stochastic depth on
@@ -178,22 +221,16 @@ class Block(nn.Module):
         checkpoint_block: bool = False,
         attn_layer: Callable[..., nn.Module] = None,
     ) -> None:
-        super().__init__()
-        attn_layer = attn_layer or Attention
-        self.norm1 = norm_layer(dim)
-        self.attn = attn_layer(
-            dim, num_heads=num_heads, qkv_bias=qkv_bias, qk_scale=qk_scale, attn_drop=attn_drop, proj_drop=drop
+        super().__init__(
+            dim, num_heads, mlp_ratio, qkv_bias, qk_scale, drop, attn_drop, drop_path, act_layer, norm_layer,
+            attn_layer=attn_layer,
         )
-        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-        self.norm2 = norm_layer(dim)
-        # int(dim * ratio), not the configured width: the original sizes fc1 this way.
-        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
         self.checkpoint_mlp = checkpoint_mlp
         self.checkpoint_block = checkpoint_block
 
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
         if self.checkpoint_mlp and torch.is_grad_enabled():
-            return checkpoint(self.mlp, x, use_reentrant=False)
+            return checkpoint_without_bn_double_update(self.mlp, x)
         return self.mlp(x)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -202,12 +239,39 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.checkpoint_block and torch.is_grad_enabled():
-            return checkpoint(self._forward, x, use_reentrant=False)
+            return checkpoint_without_bn_double_update(self._forward, x)
         return self._forward(x)
 
     def get_attention_map(self, x: torch.Tensor) -> torch.Tensor:
         """Softmax attention weights of this block for input tokens ``x``: ``(B, heads, N, N)``."""
         return self.attn.attention_map(self.norm1(x))
+
+
+def relative_position_index(window: Tuple[int, int]) -> torch.Tensor:
+    """``(Wh*Ww, Wh*Ww)`` int64 index into a ``(2Wh-1)(2Ww-1)`` table of relative offsets.
+
+    Token ``i`` at ``(hi, wi)`` and token ``j`` at ``(hj, wj)`` get
+    ``(hi - hj + Wh - 1) * (2Ww - 1) + (wi - wj + Ww - 1)``.
+    """
+    wh, ww = window
+    coords = torch.stack(torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")).flatten(1)
+    rel = coords[:, :, None] - coords[:, None, :]
+    return (rel[0] + wh - 1) * (2 * ww - 1) + (rel[1] + ww - 1)
+
+
+def relative_position_bias(table: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``(heads, N, N)`` bias: rows of a ``(num_relative, heads)`` table picked by an ``(N, N)`` index."""
+    n = index.shape[0]
+    return table[index.reshape(-1)].view(n, n, -1).permute(2, 0, 1)
+
+
+def resample_token_grid(tokens: torch.Tensor, grid_size: Tuple[int, int], **interpolate_kwargs) -> torch.Tensor:
+    """``(1, H*W, C)`` tokens of an ``H x W`` grid, resampled as an image by
+    ``F.interpolate(**interpolate_kwargs)``, back as ``(1, H'*W', C)`` tokens."""
+    dim = tokens.shape[-1]
+    grid = tokens.reshape(1, grid_size[0], grid_size[1], dim).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, **interpolate_kwargs)
+    return grid.permute(0, 2, 3, 1).reshape(1, -1, dim)
 
 
 def interpolate_pos_embed(
@@ -246,25 +310,25 @@ def interpolate_pos_embed(
         new_grid_size = scaled
     if new_grid_size[0] * new_grid_size[1] != new_patches:
         raise ValueError(f"cannot resize positional embeddings to {new_patches} patches on grid {new_grid_size}")
-    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
-    grid = grid.reshape(1, h, w, dim).permute(0, 3, 1, 2)
-    if tuple(new_grid_size) == scaled:
-        grid = F.interpolate(grid, scale_factor=scale, mode=mode)
-    else:
-        grid = F.interpolate(grid, size=tuple(new_grid_size), mode=mode)
-    grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim)
-    return torch.cat((prefix, grid), dim=1)
+    resize = dict(scale_factor=scale) if tuple(new_grid_size) == scaled else dict(size=tuple(new_grid_size))
+    grid = resample_token_grid(pos_embed[:, num_prefix_tokens:], (h, w), mode=mode, **resize)
+    return torch.cat((pos_embed[:, :num_prefix_tokens], grid), dim=1)
 
 
 __all__ = [
     "MLPBlock",
     "Attention",
+    "AttentionBase",
     "Block",
+    "PreNormBlock",
     "Fp32LayerNorm",
     "Mlp",
     "PatchEmbed",
     "attention_scale",
     "drop_path_rates",
     "interpolate_pos_embed",
+    "relative_position_bias",
+    "relative_position_index",
+    "resample_token_grid",
     "to_2tuple",
 ]

@@ -39,3 +39,12 @@ class WeightNormLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
+
+
+def weight_norm_prototypes(in_dim: int, out_dim: int, normalize_last_layer: bool) -> WeightNormLinear:
+    """Bias-free prototypes layer with ``weight_g`` set to 1 (frozen with ``normalize_last_layer``)."""
+    proto = WeightNormLinear(in_dim, out_dim, bias=False)
+    with torch.no_grad():
+        proto.weight_g.fill_(1)
+    proto.weight_g.requires_grad = not normalize_last_layer
+    return proto

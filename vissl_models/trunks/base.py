@@ -12,10 +12,10 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ..config import options as opt
 from ..layers import INPUT_TYPES, transform_input_type
+from ..layers.checkpointing import checkpoint_without_bn_double_update
 
 
 @dataclass(frozen=True)
@@ -127,46 +127,10 @@ def _segments(units, wanted, splits: int):
     return segments
 
 
-class RecomputeSafeSegment:
-    """Callable for ``checkpoint``: the recompute pass must not update BatchNorm statistics twice.
-
-    The recompute restores the statistics it changed rather than switching tracking off, so both
-    passes save the same tensors (non-reentrant checkpointing checks that).
-    """
-
-    def __init__(self, modules: Sequence[nn.Module]) -> None:
-        self.modules = modules
-        self.calls = 0
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        recompute = self.calls > 0
-        self.calls += 1
-        saved = []
-        if recompute:
-            for m in self.modules:
-                for bn in m.modules():
-                    if isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.training and bn.track_running_stats:
-                        saved.append((bn, [t.clone() for t in _bn_stats(bn)]))
-        try:
-            for m in self.modules:
-                x = m(x)
-        finally:
-            with torch.no_grad():
-                for bn, values in saved:
-                    for t, v in zip(_bn_stats(bn), values):
-                        t.copy_(v)
-        return x
-
-
-def _bn_stats(bn: nn.Module) -> List[torch.Tensor]:
-    return [t for t in (bn.running_mean, bn.running_var, bn.num_batches_tracked) if t is not None]
-
-
 def _checkpointed_forward(x, feature_blocks, names, wanted, splits):
     found: Dict[str, torch.Tensor] = {}
     for segment in _segments(_units(feature_blocks, names), wanted, splits):
-        modules = [m for m, _ in segment]
-        x = checkpoint(RecomputeSafeSegment(modules), x, use_reentrant=False)
+        x = checkpoint_without_bn_double_update([m for m, _ in segment], x)
         for m, name in segment:
             if name in wanted:
                 found[name] = x
@@ -180,6 +144,22 @@ def check_single_feature(trunk: str, out_feat_keys: Optional[Sequence[str]]) -> 
             f"trunk {trunk!r} returns a single feature (the original ignored out_feat_keys); "
             f"got {len(out_feat_keys)} names: {list(out_feat_keys)}"
         )
+
+
+def requested_features(
+    trunk: str, out_feat_keys: Optional[Sequence[str]], valid: Sequence[str], note: str = ""
+) -> List[str]:
+    """``out_feat_keys`` as a list (``valid[0]`` when empty), checked against ``valid``.
+
+    For trunks with a fixed set of feature names that return them in the requested order,
+    repeats included. An unknown name raises a ``ValueError`` naming the trunk and the valid names.
+    """
+    names = list(out_feat_keys) if out_feat_keys else [valid[0]]
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        suffix = f" {note}" if note else ""
+        raise ValueError(f"features {unknown} do not exist in the {trunk} trunk; valid names: {list(valid)}{suffix}")
+    return names
 
 
 class FeatureTrunk(nn.Module):

@@ -26,28 +26,43 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from functools import partial
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ..config import options as opt
 from ..config.loader import ConfigError
-from ..layers import DropPath, trunc_normal_
-from ..layers.transformer import Mlp, PatchEmbed, attention_scale, drop_path_rates
+from ..layers import trunc_normal_
+from ..layers.checkpointing import checkpoint_without_bn_double_update
+from ..layers.init import init_transformer_weights
+from ..layers.transformer import (
+    AttentionBase,
+    Mlp,
+    PatchEmbed,
+    PreNormBlock,
+    drop_path_rates,
+    relative_position_bias,
+    relative_position_index,
+)
 from ..registry import register_model_trunk
+from ._transformer_common import check_rgb_or_bgr, check_width_fits_heads, read_options
 from .base import TrunkCommon
-from .swin_transformer import relative_position_index
 
 _FEATURE = re.compile(r"^(lastCLS)$|^blkCLS(-?\d+)$|^concatCLS(\d+)$")
+
+
+def num_relative_distances(window: Tuple[int, int]) -> int:
+    """Rows of BEiT's relative-position table: Swin's patch offsets plus three class-token entries."""
+    return (2 * window[0] - 1) * (2 * window[1] - 1) + 3
 
 
 def beit_relative_position_index(window: Tuple[int, int]) -> torch.Tensor:
     """``(Wh*Ww + 1)^2`` int64 index: patch pairs as in Swin, then the class token's row, column
     and self pair use the last three entries of the table."""
-    num_relative = (2 * window[0] - 1) * (2 * window[1] - 1) + 3
+    num_relative = num_relative_distances(window)
     n = window[0] * window[1] + 1
     index = torch.zeros((n, n), dtype=torch.int64)
     index[1:, 1:] = relative_position_index(window)
@@ -67,14 +82,12 @@ class RelativePositionBias(nn.Module):
     def __init__(self, window_size: Tuple[int, int], num_heads: int) -> None:
         super().__init__()
         self.window_size = tuple(window_size)
-        self.num_relative_distance = (2 * window_size[0] - 1) * (2 * window_size[1] - 1) + 3
+        self.num_relative_distance = num_relative_distances(window_size)
         self.relative_position_bias_table = nn.Parameter(torch.zeros(self.num_relative_distance, num_heads))
         self.register_buffer("relative_position_index", beit_relative_position_index(self.window_size))
 
     def forward(self) -> torch.Tensor:
-        n = self.relative_position_index.shape[0]
-        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        return bias.view(n, n, -1).permute(2, 0, 1)
+        return relative_position_bias(self.relative_position_bias_table, self.relative_position_index)
 
 
 class BEiTMlp(Mlp):
@@ -84,11 +97,12 @@ class BEiTMlp(Mlp):
         return self.drop(self.fc2(self.act(self.fc1(x))))
 
 
-class BEiTAttention(nn.Module):
+class BEiTAttention(AttentionBase):
     """Multi-head self-attention with BEiT's ``q_bias``/``v_bias`` and optional relative-position bias.
 
-    With ``window_size``, ``relative_position_bias_table`` (zeros at first) and
-    ``relative_position_index`` live directly on this module, under the original's keys.
+    ``qkv`` has no bias of its own (keys get none). With ``window_size``,
+    ``relative_position_bias_table`` (zeros at first) and ``relative_position_index`` live directly
+    on this module, under the original's keys.
     """
 
     def __init__(
@@ -101,12 +115,7 @@ class BEiTAttention(nn.Module):
         proj_drop: float = 0.0,
         window_size: Optional[Tuple[int, int]] = None,
     ) -> None:
-        super().__init__()
-        if dim % num_heads != 0:
-            raise ValueError(f"attention: dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads = num_heads
-        self.scale = attention_scale(dim // num_heads, qk_scale)
-        self.qkv = nn.Linear(dim, dim * 3, bias=False)
+        super().__init__(dim, num_heads, False, qk_scale, attn_drop, proj_drop)
         if qkv_bias:
             self.q_bias = nn.Parameter(torch.zeros(dim))
             self.v_bias = nn.Parameter(torch.zeros(dim))
@@ -115,16 +124,13 @@ class BEiTAttention(nn.Module):
             self.v_bias = None
         if window_size:
             self.window_size = tuple(window_size)
-            num_relative = (2 * window_size[0] - 1) * (2 * window_size[1] - 1) + 3
-            self.relative_position_bias_table = nn.Parameter(torch.zeros(num_relative, num_heads))
+            table = torch.zeros(num_relative_distances(window_size), num_heads)
+            self.relative_position_bias_table = nn.Parameter(table)
             self.register_buffer("relative_position_index", beit_relative_position_index(self.window_size))
         else:
             self.window_size = None
             self.relative_position_bias_table = None
             self.relative_position_index = None
-        self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor, rel_pos_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
         B, N, C = x.shape
@@ -135,19 +141,16 @@ class BEiTAttention(nn.Module):
         q, k, v = qkv.reshape(B, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
         attn_bias = None
         if self.relative_position_bias_table is not None:
-            n = self.relative_position_index.shape[0]
-            attn_bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-            attn_bias = attn_bias.view(n, n, -1).permute(2, 0, 1)
+            attn_bias = relative_position_bias(self.relative_position_bias_table, self.relative_position_index)
         if rel_pos_bias is not None:
             attn_bias = rel_pos_bias if attn_bias is None else attn_bias + rel_pos_bias
         if attn_bias is not None:
             attn_bias = attn_bias.unsqueeze(0).to(q.dtype)
-        drop = self.attn_drop.p if self.training else 0.0
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=drop, scale=self.scale)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=self.dropout_p(), scale=self.scale)
         return self.proj_drop(self.proj(x.transpose(1, 2).reshape(B, N, -1)))
 
 
-class BEiTBlock(nn.Module):
+class BEiTBlock(PreNormBlock):
     """Pre-norm attention and MLP residuals, scaled by LayerScale ``gamma_1``/``gamma_2`` when
     ``init_values > 0``."""
 
@@ -165,12 +168,10 @@ class BEiTBlock(nn.Module):
         norm_layer=nn.LayerNorm,
         window_size: Optional[Tuple[int, int]] = None,
     ) -> None:
-        super().__init__()
-        self.norm1 = norm_layer(dim)
-        self.attn = BEiTAttention(dim, num_heads, qkv_bias, qk_scale, attn_drop, drop, window_size)
-        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-        self.norm2 = norm_layer(dim)
-        self.mlp = BEiTMlp(in_features=dim, hidden_features=int(dim * mlp_ratio), drop=drop)
+        super().__init__(
+            dim, num_heads, mlp_ratio, qkv_bias, qk_scale, drop, attn_drop, drop_path, norm_layer=norm_layer,
+            attn_layer=partial(BEiTAttention, window_size=window_size), mlp_layer=BEiTMlp,
+        )
         if init_values > 0:
             self.gamma_1 = nn.Parameter(init_values * torch.ones(dim))
             self.gamma_2 = nn.Parameter(init_values * torch.ones(dim))
@@ -186,6 +187,11 @@ class BEiTBlock(nn.Module):
         if self.gamma_2 is not None:
             m = self.gamma_2 * m
         return x + self.drop_path(m)
+
+
+def _layer_scale_init(key: str, value) -> float:
+    """``INIT_VALUES``: null or false mean 0 (no LayerScale)."""
+    return 0.0 if value in (None, False) else opt.as_float(key, value)
 
 
 @dataclass(frozen=True)
@@ -212,31 +218,14 @@ class BEiTOptions:
     @classmethod
     def from_config(cls, section: Mapping) -> "BEiTOptions":
         key = "MODEL.TRUNK.BEIT."
-        qk_scale, init_values = section["QK_SCALE"], section["INIT_VALUES"]
-        out = cls(
-            image_size=opt.as_int(key + "IMAGE_SIZE", section["IMAGE_SIZE"], minimum=1),
-            patch_size=opt.as_int(key + "PATCH_SIZE", section["PATCH_SIZE"], minimum=1),
-            num_layers=opt.as_int(key + "NUM_LAYERS", section["NUM_LAYERS"], minimum=1),
-            num_heads=opt.as_int(key + "NUM_HEADS", section["NUM_HEADS"], minimum=1),
-            hidden_dim=opt.as_int(key + "HIDDEN_DIM", section["HIDDEN_DIM"], minimum=1),
-            mlp_ratio=opt.as_float(key + "MLP_RATIO", section["MLP_RATIO"], minimum=0.0),
-            dropout_rate=opt.as_float(key + "DROPOUT_RATE", section["DROPOUT_RATE"], minimum=0.0),
-            attention_dropout_rate=opt.as_float(
-                key + "ATTENTION_DROPOUT_RATE", section["ATTENTION_DROPOUT_RATE"], minimum=0.0
-            ),
-            drop_path_rate=opt.as_float(key + "DROP_PATH_RATE", section["DROP_PATH_RATE"], minimum=0.0),
-            qkv_bias=opt.as_bool(key + "QKV_BIAS", section["QKV_BIAS"]),
-            qk_scale=None if qk_scale in (None, False) else (opt.as_float(key + "QK_SCALE", qk_scale) or None),
-            use_abs_pos_emb=opt.as_bool(key + "USE_ABS_POS_EMB", section["USE_ABS_POS_EMB"]),
-            use_rel_pos_bias=opt.as_bool(key + "USE_REL_POS_BIAS", section["USE_REL_POS_BIAS"]),
-            use_shared_rel_pos_bias=opt.as_bool(key + "USE_SHARED_REL_POS_BIAS", section["USE_SHARED_REL_POS_BIAS"]),
-            use_mean_pooling=opt.as_bool(key + "USE_MEAN_POOLING", section["USE_MEAN_POOLING"]),
-            init_values=0.0 if init_values in (None, False) else opt.as_float(key + "INIT_VALUES", init_values),
-        )
-        if out.hidden_dim % out.num_heads != 0:
-            raise ConfigError(
-                f"{key}HIDDEN_DIM: got {out.hidden_dim}, expected a multiple of NUM_HEADS ({out.num_heads})"
-            )
+        fields = [
+            "image_size", "patch_size", "num_layers", "num_heads", "hidden_dim", "mlp_ratio", "dropout_rate",
+            "attention_dropout_rate", "drop_path_rate", "qkv_bias", "qk_scale", ("use_abs_pos_emb", opt.as_bool),
+            ("use_rel_pos_bias", opt.as_bool), ("use_shared_rel_pos_bias", opt.as_bool),
+            ("use_mean_pooling", opt.as_bool), ("init_values", _layer_scale_init),
+        ]
+        out = cls(**read_options(section, key, fields))
+        check_width_fits_heads(key, out.hidden_dim, out.num_heads)
         if out.image_size < out.patch_size:
             raise ConfigError(f"{key}IMAGE_SIZE: got {out.image_size}, smaller than PATCH_SIZE {out.patch_size}")
         return out
@@ -275,7 +264,7 @@ class BEiT(nn.Module):
         if self.pos_embed is not None:
             trunc_normal_(self.pos_embed, std=0.02)
         trunc_normal_(self.cls_token, std=0.02)
-        self.apply(_init_weights)
+        self.apply(init_transformer_weights)
         with torch.no_grad():
             # Residual projections of deeper blocks start smaller: weight / sqrt(2 * (i + 1)).
             for i, blk in enumerate(self.blocks):
@@ -331,7 +320,7 @@ class BEiT(nn.Module):
         cls: Dict[int, torch.Tensor] = {}
         for i, blk in enumerate(self.blocks[: last + 1]):
             if self.use_checkpoint and self.training and torch.is_grad_enabled():
-                x = checkpoint(blk, x, rel_pos_bias, use_reentrant=False)
+                x = checkpoint_without_bn_double_update(blk, x, rel_pos_bias)
             else:
                 x = blk(x, rel_pos_bias=rel_pos_bias)
             if i in needed:
@@ -345,20 +334,9 @@ class BEiT(nn.Module):
         return out
 
 
-def _init_weights(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.zeros_(m.bias)
-        nn.init.ones_(m.weight)
-
-
 @register_model_trunk("beit")
 def build_beit(model_config: Mapping, model_name: str = "beit") -> BEiT:
     """Build the ``beit`` trunk from ``MODEL`` (reads ``TRUNK.BEIT``; ``INPUT_TYPE`` must be rgb or bgr)."""
     common = TrunkCommon.from_config(model_config)
-    if common.input_type not in ("rgb", "bgr"):
-        raise ConfigError(f"MODEL.INPUT_TYPE: got {common.input_type!r}, the BEiT trunk takes 'rgb' or 'bgr' input")
+    check_rgb_or_bgr(common.input_type, "BEiT")
     return BEiT(BEiTOptions.from_config(model_config["TRUNK"]["BEIT"]), use_checkpoint=common.use_checkpointing)

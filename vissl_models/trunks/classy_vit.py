@@ -26,11 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import options as opt
 from ..config.loader import ConfigError
 from ..layers import lecun_normal_init
-from ..layers.transformer import MLPBlock
+from ..layers.transformer import MLPBlock, resample_token_grid
 from ..registry import register_model_trunk
+from ._transformer_common import check_divisible, choice_of, non_negative_int, read_options
 from .base import check_single_feature
 
 CLASSIFIERS = ("token", "gap")
@@ -53,32 +53,18 @@ class ClassyViTOptions:
     @classmethod
     def from_config(cls, section: Mapping) -> "ClassyViTOptions":
         key = "MODEL.TRUNK.VISION_TRANSFORMERS."
-        options = cls(
-            image_size=opt.as_int(key + "IMAGE_SIZE", section["IMAGE_SIZE"], minimum=1),
-            patch_size=opt.as_int(key + "PATCH_SIZE", section["PATCH_SIZE"], minimum=1),
-            num_layers=opt.as_int(key + "NUM_LAYERS", section["NUM_LAYERS"], minimum=0),
-            num_heads=opt.as_int(key + "NUM_HEADS", section["NUM_HEADS"], minimum=1),
-            hidden_dim=opt.as_int(key + "HIDDEN_DIM", section["HIDDEN_DIM"], minimum=1),
-            mlp_dim=opt.as_int(key + "MLP_DIM", section["MLP_DIM"], minimum=1),
-            dropout_rate=opt.as_float(key + "DROPOUT_RATE", section["DROPOUT_RATE"], minimum=0.0),
-            attention_dropout_rate=opt.as_float(
-                key + "ATTENTION_DROPOUT_RATE", section["ATTENTION_DROPOUT_RATE"], minimum=0.0
-            ),
-            classifier=opt.choice(key + "CLASSIFIER", section["CLASSIFIER"], CLASSIFIERS),
-        )
+        fields = [
+            "image_size", "patch_size", ("num_layers", non_negative_int), "num_heads", "hidden_dim", "mlp_dim",
+            "dropout_rate", "attention_dropout_rate", ("classifier", choice_of(CLASSIFIERS)),
+        ]
+        options = cls(**read_options(section, key, fields))
         options.validate(key)
         return options
 
     def validate(self, key: str = "") -> None:
         """Raise a ``ConfigError`` for combinations classy_vision rejects."""
-        if self.image_size % self.patch_size:
-            raise ConfigError(
-                f"{key}IMAGE_SIZE: {self.image_size} is not divisible by PATCH_SIZE {self.patch_size}"
-            )
-        if self.hidden_dim % self.num_heads:
-            raise ConfigError(
-                f"{key}HIDDEN_DIM: {self.hidden_dim} is not divisible by NUM_HEADS {self.num_heads}"
-            )
+        check_divisible(key, "IMAGE_SIZE", self.image_size, "PATCH_SIZE", self.patch_size)
+        check_divisible(key, "HIDDEN_DIM", self.hidden_dim, "NUM_HEADS", self.num_heads)
 
 
 class PackedSelfAttention(nn.Module):
@@ -239,10 +225,10 @@ class ClassyViT(nn.Module):
         if grid * grid != seq_length - n_token:
             raise ValueError(f"position embedding of length {seq_length} does not hold a square patch grid")
         new_grid = self.model.image_size // self.model.patch_size
-        img = pos_embedding[n_token:].permute(1, 2, 0).reshape(1, dim, grid, grid)
-        img = F.interpolate(img, size=new_grid, mode="bicubic", align_corners=True)
-        img = img.reshape(1, dim, new_grid * new_grid).permute(2, 0, 1)
-        return torch.cat([pos_embedding[:n_token], img], dim=0)
+        img = resample_token_grid(
+            pos_embedding[n_token:].transpose(0, 1), (grid, grid), size=new_grid, mode="bicubic", align_corners=True
+        )
+        return torch.cat([pos_embedding[:n_token], img.transpose(0, 1)], dim=0)
 
 
 @register_model_trunk("classy_vit")

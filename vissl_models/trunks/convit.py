@@ -26,20 +26,28 @@ from torch import nn
 
 from ..config import options as opt
 from ..config.loader import ConfigError
-from ..layers import DropPath, trunc_normal_
-from ..layers.transformer import Attention, MLPBlock, PatchEmbed
+from ..layers import trunc_normal_
+from ..layers.drop import drop_path_rates, optional_drop_path
+from ..layers.init import init_linear_trunc_normal, init_transformer_weights
+from ..layers.transformer import Attention, MLPBlock, PatchEmbed, attention_scale, resample_token_grid
 from ..registry import register_model_trunk
+from ._transformer_common import (
+    check_divisible,
+    choice_of,
+    non_negative_int,
+    optional_qk_scale,
+    positive_int,
+    read_options,
+)
 from .base import check_single_feature
 from .classy_vit import CLASSIFIERS
 
 
 def parse_qk_scale(key: str, value) -> Optional[float]:
     """``QK_SCALE``: false/null/0 mean ``head_dim ** -0.5`` (the original's ``qk_scale or default``)."""
-    if value is None or value is False or (not isinstance(value, bool) and value == 0):
-        return None
     if value is True:
         raise ConfigError(f"{key}: got true, expected false (default scale) or a number")
-    return opt.as_float(key, value)
+    return optional_qk_scale(key, value)
 
 
 @dataclass(frozen=True)
@@ -85,38 +93,27 @@ class ConViTOptions:
                 f"{ckey}QK_SCALE: {convit['QK_SCALE']!r} differs from {vkey}QK_SCALE ({vit['QK_SCALE']!r}), "
                 "which is the one that applies; set it under VISION_TRANSFORMERS"
             )
+        vit_fields = [
+            "image_size", "patch_size", ("num_layers", non_negative_int), "num_heads", "hidden_dim", "mlp_dim",
+            "dropout_rate", "attention_dropout_rate", "drop_path_rate", ("classifier", choice_of(CLASSIFIERS)),
+        ]
+        convit_fields = [
+            ("n_gpsa_layers", non_negative_int), ("class_token_in_local_layers", opt.as_bool),
+            ("locality_strength", opt.as_float), ("locality_dim", positive_int), ("use_local_init", opt.as_bool),
+        ]
         options = cls(
-            image_size=opt.as_int(vkey + "IMAGE_SIZE", vit["IMAGE_SIZE"], minimum=1),
-            patch_size=opt.as_int(vkey + "PATCH_SIZE", vit["PATCH_SIZE"], minimum=1),
-            num_layers=opt.as_int(vkey + "NUM_LAYERS", vit["NUM_LAYERS"], minimum=0),
-            num_heads=opt.as_int(vkey + "NUM_HEADS", vit["NUM_HEADS"], minimum=1),
-            hidden_dim=opt.as_int(vkey + "HIDDEN_DIM", vit["HIDDEN_DIM"], minimum=1),
-            mlp_dim=opt.as_int(vkey + "MLP_DIM", vit["MLP_DIM"], minimum=1),
-            dropout_rate=opt.as_float(vkey + "DROPOUT_RATE", vit["DROPOUT_RATE"], minimum=0.0),
-            attention_dropout_rate=opt.as_float(
-                vkey + "ATTENTION_DROPOUT_RATE", vit["ATTENTION_DROPOUT_RATE"], minimum=0.0
-            ),
-            drop_path_rate=opt.as_float(vkey + "DROP_PATH_RATE", vit["DROP_PATH_RATE"], minimum=0.0),
-            classifier=opt.choice(vkey + "CLASSIFIER", vit["CLASSIFIER"], CLASSIFIERS),
+            **read_options(vit, vkey, vit_fields),
             qkv_bias=qkv_bias,
             qk_scale=qk_scale,
-            n_gpsa_layers=opt.as_int(ckey + "N_GPSA_LAYERS", convit["N_GPSA_LAYERS"], minimum=0),
-            class_token_in_local_layers=opt.as_bool(
-                ckey + "CLASS_TOKEN_IN_LOCAL_LAYERS", convit["CLASS_TOKEN_IN_LOCAL_LAYERS"]
-            ),
-            locality_strength=opt.as_float(ckey + "LOCALITY_STRENGTH", convit["LOCALITY_STRENGTH"]),
-            locality_dim=opt.as_int(ckey + "LOCALITY_DIM", convit["LOCALITY_DIM"], minimum=1),
-            use_local_init=opt.as_bool(ckey + "USE_LOCAL_INIT", convit["USE_LOCAL_INIT"]),
+            **read_options(convit, ckey, convit_fields),
         )
         options.validate(vkey, ckey)
         return options
 
     def validate(self, vkey: str = "", ckey: str = "") -> None:
         """Raise a ``ConfigError`` for combinations the original rejects or cannot run."""
-        if self.image_size % self.patch_size:
-            raise ConfigError(f"{vkey}IMAGE_SIZE: {self.image_size} is not divisible by PATCH_SIZE {self.patch_size}")
-        if self.hidden_dim % self.num_heads:
-            raise ConfigError(f"{vkey}HIDDEN_DIM: {self.hidden_dim} is not divisible by NUM_HEADS {self.num_heads}")
+        check_divisible(vkey, "IMAGE_SIZE", self.image_size, "PATCH_SIZE", self.patch_size)
+        check_divisible(vkey, "HIDDEN_DIM", self.hidden_dim, "NUM_HEADS", self.num_heads)
         if self.class_token_in_local_layers and self.n_gpsa_layers > 0:
             # GPSA's relative positions cover the square patch grid only; the original fails in
             # its first forward with this combination.
@@ -162,7 +159,7 @@ class GPSA(nn.Module):
             raise ValueError(f"GPSA: dim {dim} is not divisible by num_heads {num_heads}")
         self.dim = dim
         self.num_heads = num_heads
-        self.scale = float(qk_scale) if qk_scale else (dim // num_heads) ** -0.5
+        self.scale = attention_scale(dim // num_heads, qk_scale)
         self.locality_strength = locality_strength
         self.locality_dim = locality_dim
         self.use_local_init = use_local_init
@@ -177,9 +174,7 @@ class GPSA(nn.Module):
 
     def reset_parameters(self) -> None:
         for m in (self.qk, self.v, self.proj, self.pos_proj):
-            trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+            init_linear_trunc_normal(m)
         nn.init.ones_(self.alpha)
         if self.use_local_init:
             self.init_local()
@@ -261,7 +256,7 @@ class ConViTBlock(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.attn = attn
         self.positional = isinstance(attn, GPSA)
-        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+        self.drop_path = optional_drop_path(drop_path_rate)
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLPBlock(dim, mlp_dim, dropout_rate)
 
@@ -295,7 +290,7 @@ class ConViT(nn.Module):
         self.pos_embedding = nn.Parameter(torch.zeros(1, self.seq_length, dim))
         self.pos_drop = nn.Dropout(options.dropout_rate)
 
-        rates = torch.linspace(0, options.drop_path_rate, options.num_layers).tolist()
+        rates = drop_path_rates(options.drop_path_rate, options.num_layers)
         blocks = []
         for i in range(options.num_layers):
             if i < options.n_gpsa_layers:
@@ -328,14 +323,7 @@ class ConViT(nn.Module):
     def reset_parameters(self) -> None:
         trunc_normal_(self.pos_embedding, std=0.02)
         trunc_normal_(self.class_token, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        self.apply(init_transformer_weights)
         for m in self.modules():
             if isinstance(m, GPSA) and m.use_local_init:
                 m.init_local()
@@ -355,10 +343,7 @@ class ConViT(nn.Module):
         grid0 = self.image_size // self.patch_size
         if grid == grid0:
             return self.pos_embedding
-        dim = self.pos_embedding.shape[-1]
-        pos = self.pos_embedding.reshape(1, grid0, grid0, dim).permute(0, 3, 1, 2)
-        pos = F.interpolate(pos, size=(grid, grid), mode="bicubic")
-        return pos.permute(0, 2, 3, 1).reshape(1, grid * grid, dim)
+        return resample_token_grid(self.pos_embedding, (grid0, grid0), size=(grid, grid), mode="bicubic")
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, 3, H, W)`` square images to ``(B, hidden_dim)``."""
@@ -395,9 +380,7 @@ class ConViT(nn.Module):
         if grid * grid != seq_length:
             raise ValueError(f"position embedding of length {seq_length} is not a square patch grid")
         new_grid = self.image_size // self.patch_size
-        pos = pos_embedding.permute(0, 2, 1).reshape(1, dim, grid, grid)
-        pos = F.interpolate(pos, size=new_grid, mode="bicubic", align_corners=True)
-        return pos.reshape(1, dim, new_grid * new_grid).permute(0, 2, 1)
+        return resample_token_grid(pos_embedding, (grid, grid), size=new_grid, mode="bicubic", align_corners=True)
 
 
 @register_model_trunk("convit")

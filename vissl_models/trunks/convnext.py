@@ -15,13 +15,14 @@ from typing import List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint_sequential
 
 from ..config import options as opt
 from ..config.loader import ConfigError
-from ..layers import ChannelsLayerNorm2d, DropPath, trunc_normal_
+from ..layers import ChannelsLayerNorm2d, trunc_normal_
+from ..layers.checkpointing import checkpoint_sequential_without_bn_double_update
+from ..layers.drop import drop_path_rates, optional_drop_path
 from ..registry import register_model_trunk
-from .base import TrunkCommon
+from .base import TrunkCommon, requested_features
 
 LN_EPS = 1e-6
 # The original ignores out_feat_keys and always returns the normalised pooled feature; its
@@ -70,7 +71,7 @@ class ConvNeXtBlock(nn.Module):
             self.gamma = nn.Parameter(torch.full((dim,), float(layer_scale_init_value)))
         else:
             self.gamma = None
-        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        self.drop_path = optional_drop_path(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.dwconv(x).permute(0, 2, 3, 1)
@@ -103,7 +104,7 @@ class ConvNeXt(nn.Module):
                     nn.Conv2d(dims[i], dims[i + 1], kernel_size=2, stride=2),
                 )
             )
-        rates = torch.linspace(0, options.drop_path_rate, sum(depths)).tolist()
+        rates = drop_path_rates(options.drop_path_rate, sum(depths))
         self.stages = nn.ModuleList()
         start = 0
         for i in range(4):
@@ -133,24 +134,18 @@ class ConvNeXt(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The normalised global average of the last stage, ``N x dims[-1]``."""
         if self.checkpointing_splits > 0 and torch.is_grad_enabled():
-            # No BatchNorm here, and non-reentrant checkpointing replays DropPath's RNG state,
-            # so the recomputation is exact.
             modules = [m for i in range(4) for m in (self.downsample_layers[i], *self.stages[i])]
             splits = min(self.checkpointing_splits, len(modules))
-            x = checkpoint_sequential(nn.Sequential(*modules), splits, x, use_reentrant=False)
+            x = checkpoint_sequential_without_bn_double_update(modules, splits, x)
         else:
             for i in range(4):
                 x = self.stages[i](self.downsample_layers[i](x))
         return self.norm(x.mean(dim=(-2, -1)))
 
     def forward(self, x: torch.Tensor, out_feat_keys: Optional[Sequence[str]] = None) -> List[torch.Tensor]:
-        names = list(out_feat_keys) if out_feat_keys else list(FEATURE_NAMES)
-        unknown = [n for n in names if n not in FEATURE_NAMES]
-        if unknown:
-            raise ValueError(
-                f"features {unknown} do not exist in the convnext trunk; valid names: {list(FEATURE_NAMES)} "
-                "(its only output is the normalised pooled last stage)"
-            )
+        names = requested_features(
+            "convnext", out_feat_keys, FEATURE_NAMES, note="(its only output is the normalised pooled last stage)"
+        )
         out = self.forward_features(x)
         return [out for _ in names]
 

@@ -19,11 +19,11 @@ from typing import List, Mapping, Tuple
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ..config import ConfigError
 from ..registry import register_model_trunk
-from .base import FeatureTrunk, TrunkCommon, RecomputeSafeSegment
+from ..layers.checkpointing import checkpoint_without_bn_double_update
+from .base import FeatureTrunk, TrunkCommon
 from .regnet import SECTION, RegNetOptions, check_regnet_input_type, regnet_feature_blocks
 
 
@@ -53,7 +53,7 @@ class BlockGroup(nn.Sequential):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.checkpointed and len(self) > 0 and torch.is_grad_enabled():
-            return checkpoint(RecomputeSafeSegment(list(self)), x, use_reentrant=False)
+            return checkpoint_without_bn_double_update(list(self), x)
         return super().forward(x)
 
     def extra_repr(self) -> str:

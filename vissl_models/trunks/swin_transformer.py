@@ -24,35 +24,34 @@ As in the original, ``MODEL.INPUT_TYPE`` is not acted on (three input channels);
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ..config import options as opt
 from ..config.loader import ConfigError
-from ..layers import DropPath, trunc_normal_
-from ..layers.transformer import Mlp, PatchEmbed, attention_scale, drop_path_rates, to_2tuple
+from ..layers import trunc_normal_
+from ..layers.checkpointing import checkpoint_without_bn_double_update
+from ..layers.init import init_transformer_weights
+from ..layers.transformer import (
+    AttentionBase,
+    PatchEmbed,
+    PreNormBlock,
+    drop_path_rates,
+    relative_position_bias,
+    relative_position_index,
+    to_2tuple,
+)
 from ..registry import register_model_trunk
-from .base import TrunkCommon
+from ._transformer_common import positive_int, read_options
+from .base import TrunkCommon, requested_features
 
 FEATURES = ("lastCLS",)
 # Additive bias between tokens of different regions of a shifted window (the original's value).
 SHIFT_MASK_VALUE = -100.0
-
-
-def relative_position_index(window: Tuple[int, int]) -> torch.Tensor:
-    """``(Wh*Ww, Wh*Ww)`` int64 index into a ``(2Wh-1)(2Ww-1)`` table of relative offsets.
-
-    Token ``i`` at ``(hi, wi)`` and token ``j`` at ``(hj, wj)`` get
-    ``(hi - hj + Wh - 1) * (2Ww - 1) + (wi - wj + Ww - 1)``.
-    """
-    wh, ww = window
-    coords = torch.stack(torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")).flatten(1)
-    rel = coords[:, :, None] - coords[:, None, :]
-    return (rel[0] + wh - 1) * (2 * ww - 1) + (rel[1] + ww - 1)
 
 
 def window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
@@ -86,12 +85,14 @@ def shifted_window_mask(H: int, W: int, window_size: int, shift_size: int, devic
     return torch.zeros(differ.shape, device=device).masked_fill(differ, SHIFT_MASK_VALUE)
 
 
-class WindowAttention(nn.Module):
+class WindowAttention(AttentionBase):
     """Multi-head self-attention inside windows, with a learned relative-position bias per head.
 
     The bias table covers ``window_size``; a smaller runtime window of ``N`` tokens uses the
     top-left ``N x N`` block of the index, as the original did.
     """
+
+    kind = "window attention"
 
     def __init__(
         self,
@@ -103,27 +104,18 @@ class WindowAttention(nn.Module):
         attn_drop: float = 0.0,
         proj_drop: float = 0.0,
     ) -> None:
-        super().__init__()
-        if dim % num_heads != 0:
-            raise ValueError(f"window attention: dim {dim} is not divisible by num_heads {num_heads}")
+        super().__init__(dim, num_heads, qkv_bias, qk_scale, attn_drop, proj_drop)
         self.dim = dim
         self.window_size = window_size
-        self.num_heads = num_heads
-        self.scale = attention_scale(dim // num_heads, qk_scale)
         self.relative_position_bias_table = nn.Parameter(
             torch.zeros((2 * window_size[0] - 1) * (2 * window_size[1] - 1), num_heads)
         )
         self.register_buffer("relative_position_index", relative_position_index(window_size))
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
         trunc_normal_(self.relative_position_bias_table, std=0.02)
 
     def relative_position_bias(self, N: int) -> torch.Tensor:
         """``(heads, N, N)`` bias for windows of ``N`` tokens."""
-        index = self.relative_position_index[:N, :N].reshape(-1)
-        return self.relative_position_bias_table[index].view(N, N, -1).permute(2, 0, 1)
+        return relative_position_bias(self.relative_position_bias_table, self.relative_position_index[:N, :N])
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """``x``: ``(B * num_windows, N, C)``; ``mask``: ``(num_windows, N, N)`` additive, or None."""
@@ -141,7 +133,7 @@ class WindowAttention(nn.Module):
             B = B_ // nW
             q, k, v = qkv.reshape(B, nW, N, 3, h, d).permute(3, 0, 1, 4, 2, 5).reshape(3, B, nW * h, N, d).unbind(0)
             attn_mask = (bias.unsqueeze(0) + mask.unsqueeze(1)).reshape(1, nW * h, N, N)
-        drop = self.attn_drop.p if self.training else 0.0
+        drop = self.dropout_p()
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask.to(q.dtype), dropout_p=drop, scale=self.scale)
         if mask is None:
             out = out.transpose(1, 2)
@@ -153,7 +145,7 @@ class WindowAttention(nn.Module):
         return f"dim={self.dim}, window_size={self.window_size}, num_heads={self.num_heads}"
 
 
-class SwinTransformerBlock(nn.Module):
+class SwinTransformerBlock(PreNormBlock):
     """(Shifted-)window attention then MLP, each pre-norm with a residual, on ``(B, H, W, C)`` maps.
 
     ``official`` fixes the map size to ``input_resolution`` and stores the shift mask as the
@@ -176,7 +168,19 @@ class SwinTransformerBlock(nn.Module):
         norm_layer=nn.LayerNorm,
         official: bool = False,
     ) -> None:
-        super().__init__()
+        if min(input_resolution) <= window_size:
+            # a map no larger than the window is one window, never shifted
+            shift_size = 0
+            window_size = min(input_resolution)
+        if not 0 <= shift_size < window_size:
+            raise ValueError(
+                f"swin block: shift size {shift_size} must be in [0, window size {window_size}) "
+                f"(feature map {input_resolution})"
+            )
+        super().__init__(
+            dim, num_heads, mlp_ratio, qkv_bias, qk_scale, drop, attn_drop, drop_path, norm_layer=norm_layer,
+            attn_layer=partial(WindowAttention, window_size=to_2tuple(window_size)),
+        )
         self.dim = dim
         self.input_resolution = input_resolution
         self.num_heads = num_heads
@@ -184,22 +188,6 @@ class SwinTransformerBlock(nn.Module):
         self.shift_size = shift_size
         self.mlp_ratio = mlp_ratio
         self.official = official
-        if min(input_resolution) <= window_size:
-            # a map no larger than the window is one window, never shifted
-            self.shift_size = 0
-            self.window_size = min(input_resolution)
-        if not 0 <= self.shift_size < self.window_size:
-            raise ValueError(
-                f"swin block: shift size {self.shift_size} must be in [0, window size {self.window_size}) "
-                f"(feature map {input_resolution})"
-            )
-        self.norm1 = norm_layer(dim)
-        self.attn = WindowAttention(
-            dim, to_2tuple(self.window_size), num_heads, qkv_bias, qk_scale, attn_drop, drop
-        )
-        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-        self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), drop=drop)
         if official:
             mask = None
             if self.shift_size > 0:
@@ -312,7 +300,7 @@ class BasicLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for blk in self.blocks:
             if self.use_checkpoint and self.training and torch.is_grad_enabled():
-                x = checkpoint(blk, x, use_reentrant=False)
+                x = checkpoint_without_bn_double_update(blk, x)
             else:
                 x = blk(x)
         if self.downsample is not None:
@@ -352,6 +340,10 @@ class SwinPatchEmbed(PatchEmbed):
         return self.norm(x) if self.norm is not None else x
 
 
+def int_tuple(key: str, value) -> Tuple[int, ...]:
+    return tuple(opt.as_int_list(key, value))
+
+
 @dataclass(frozen=True)
 class SwinOptions:
     """``MODEL.TRUNK.SWIN_TRANSFORMER``."""
@@ -372,23 +364,12 @@ class SwinOptions:
     @classmethod
     def from_config(cls, section: Mapping) -> "SwinOptions":
         key = "MODEL.TRUNK.SWIN_TRANSFORMER."
-        qk_scale = section["QK_SCALE"]
-        out = cls(
-            image_size=opt.as_int(key + "IMAGE_SIZE", section["IMAGE_SIZE"], minimum=1),
-            patch_size=opt.as_int(key + "PATCH_SIZE", section["PATCH_SIZE"], minimum=1),
-            embed_dim=opt.as_int(key + "EMBED_DIM", section["EMBED_DIM"], minimum=1),
-            depths=tuple(opt.as_int_list(key + "DEPTHS", section["DEPTHS"])),
-            num_heads=tuple(opt.as_int_list(key + "NUM_HEADS", section["NUM_HEADS"])),
-            window_size=opt.as_int(key + "WINDOW_SIZE", section["WINDOW_SIZE"], minimum=1),
-            mlp_ratio=opt.as_float(key + "MLP_RATIO", section["MLP_RATIO"], minimum=0.0),
-            dropout_rate=opt.as_float(key + "DROPOUT_RATE", section["DROPOUT_RATE"], minimum=0.0),
-            attention_dropout_rate=opt.as_float(
-                key + "ATTENTION_DROPOUT_RATE", section["ATTENTION_DROPOUT_RATE"], minimum=0.0
-            ),
-            drop_path_rate=opt.as_float(key + "DROP_PATH_RATE", section["DROP_PATH_RATE"], minimum=0.0),
-            qkv_bias=opt.as_bool(key + "QKV_BIAS", section["QKV_BIAS"]),
-            qk_scale=None if qk_scale in (None, False) else (opt.as_float(key + "QK_SCALE", qk_scale) or None),
-        )
+        fields = [
+            "image_size", "patch_size", ("embed_dim", positive_int), ("depths", int_tuple), ("num_heads", int_tuple),
+            ("window_size", positive_int), "mlp_ratio", "dropout_rate", "attention_dropout_rate", "drop_path_rate",
+            "qkv_bias", "qk_scale",
+        ]
+        out = cls(**read_options(section, key, fields))
         if len(out.depths) != len(out.num_heads):
             raise ConfigError(
                 f"{key}NUM_HEADS: got {list(out.num_heads)}, expected one entry per stage of DEPTHS {list(out.depths)}"
@@ -450,7 +431,7 @@ class SwinTransformer(nn.Module):
                 )
             )
         self.norm = nn.LayerNorm(self.num_features)
-        self.apply(_init_weights)
+        self.apply(init_transformer_weights)
 
     def _check_resolutions(self, res: Sequence[int]) -> None:
         key = "MODEL.TRUNK.SWIN_TRANSFORMER"
@@ -483,22 +464,9 @@ class SwinTransformer(nn.Module):
         return self.norm(x.flatten(1, 2)).mean(dim=1)
 
     def forward(self, x: torch.Tensor, out_feat_keys: Optional[Sequence[str]] = None) -> List[torch.Tensor]:
-        names = list(out_feat_keys) if out_feat_keys else ["lastCLS"]
-        unknown = [n for n in names if n not in FEATURES]
-        if unknown:
-            raise ValueError(f"features {unknown} do not exist in the Swin trunk; valid names: {list(FEATURES)}")
+        names = requested_features("Swin", out_feat_keys, FEATURES)
         feat = self.forward_features(x)
         return [feat for _ in names]
-
-
-def _init_weights(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.zeros_(m.bias)
-        nn.init.ones_(m.weight)
 
 
 def _build(model_config: Mapping, official: bool) -> SwinTransformer:

@@ -18,9 +18,10 @@ from torch import nn
 
 from ..config import ConfigError
 from ..config import options as opt
-from ..layers.init import trunc_normal_
+from ..layers.init import init_transformer_weights, trunc_normal_
 from ..layers.transformer import Block, Fp32LayerNorm, PatchEmbed, drop_path_rates, interpolate_pos_embed, to_2tuple
 from ..registry import register_model_trunk
+from ._transformer_common import check_divisible, probability, read_options
 
 KEY = "MODEL.TRUNK.VISION_TRANSFORMERS."
 MIM_NAMES = ("", "none", "ibot", "msn")
@@ -63,10 +64,7 @@ class VisionTransformerOptions:
     mim_params: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.hidden_dim % self.num_heads != 0:
-            raise ConfigError(
-                f"{KEY}HIDDEN_DIM: {self.hidden_dim} is not divisible by NUM_HEADS {self.num_heads}"
-            )
+        check_divisible(KEY, "HIDDEN_DIM", self.hidden_dim, "NUM_HEADS", self.num_heads)
 
     @classmethod
     def from_config(cls, section: Mapping) -> "VisionTransformerOptions":
@@ -114,32 +112,20 @@ class VisionTransformerOptions:
                 raise ConfigError(
                     f"{KEY}MASKED_IMAGE_MODELING.PARAMS.drop_ratio: got {mim_params['drop_ratio']}, expected < 1"
                 )
+        fields = [
+            "patch_size", "num_layers", "num_heads", "hidden_dim", "mlp_dim", ("dropout_rate", probability),
+            ("attention_dropout_rate", probability), ("drop_path_rate", probability), "qkv_bias",
+            ("checkpoint_mlp", opt.as_bool), ("checkpoint_block", opt.as_bool),
+        ]
         return cls(
             image_size=image_size,
-            patch_size=opt.as_int(KEY + "PATCH_SIZE", section["PATCH_SIZE"], minimum=1),
-            num_layers=opt.as_int(KEY + "NUM_LAYERS", section["NUM_LAYERS"], minimum=1),
-            num_heads=opt.as_int(KEY + "NUM_HEADS", section["NUM_HEADS"], minimum=1),
-            hidden_dim=opt.as_int(KEY + "HIDDEN_DIM", section["HIDDEN_DIM"], minimum=1),
-            mlp_dim=opt.as_int(KEY + "MLP_DIM", section["MLP_DIM"], minimum=1),
-            dropout_rate=_rate(KEY + "DROPOUT_RATE", section["DROPOUT_RATE"]),
-            attention_dropout_rate=_rate(KEY + "ATTENTION_DROPOUT_RATE", section["ATTENTION_DROPOUT_RATE"]),
-            drop_path_rate=_rate(KEY + "DROP_PATH_RATE", section["DROP_PATH_RATE"]),
-            qkv_bias=opt.as_bool(KEY + "QKV_BIAS", section["QKV_BIAS"]),
             qk_scale=qk_scale,
             classifier=str(section.get("CLASSIFIER", "token")),
-            checkpoint_mlp=opt.as_bool(KEY + "CHECKPOINT_MLP", section["CHECKPOINT_MLP"]),
-            checkpoint_block=opt.as_bool(KEY + "CHECKPOINT_BLOCK", section["CHECKPOINT_BLOCK"]),
+            **read_options(section, KEY, fields),
             use_class_token=opt.as_bool(KEY + "USE_CLASS_TOKEN", section.get("USE_CLASS_TOKEN", True)),
             masked_image_modeling=mim_name,
             mim_params=mim_params,
         )
-
-
-def _rate(key: str, value: Any) -> float:
-    rate = opt.as_float(key, value, minimum=0.0)
-    if rate > 1.0:
-        raise ConfigError(f"{key}: got {rate}, expected a probability in [0, 1]")
-    return rate
 
 
 class NoPatchMasking(nn.Module):
@@ -320,7 +306,7 @@ class VisionTransformer(nn.Module):
                     checkpoint_mlp=o.checkpoint_mlp,
                     checkpoint_block=o.checkpoint_block,
                 )
-                block.apply(_init_weights)
+                block.apply(init_transformer_weights)
             blocks.append(block)
         self.blocks = nn.ModuleList(blocks)
         self.norm = norm_layer(o.hidden_dim)
@@ -328,7 +314,7 @@ class VisionTransformer(nn.Module):
         trunc_normal_(self.pos_embed, std=0.02)
         if self.cls_token is not None:
             trunc_normal_(self.cls_token, std=0.02)
-        _init_weights(self.norm)
+        init_transformer_weights(self.norm)
 
         if o.masked_image_modeling == "ibot":
             self.patch_masking: nn.Module = IBOTMaskedModeling(o.hidden_dim)
@@ -417,16 +403,6 @@ class VisionTransformer(nn.Module):
         if len(out_feat_keys) == 1 and out_feat_keys[0] == "lastBLK":
             return [self.forward_features(x, only_class_token=False, mask=mask)]
         return self.get_intermediate_features(x, out_feat_keys)
-
-
-def _init_weights(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
 
 
 def _build(model_config: Mapping, fp32_layer_norm: bool) -> VisionTransformer:

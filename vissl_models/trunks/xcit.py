@@ -28,23 +28,18 @@ from typing import List, Mapping, Optional, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from ..config import options as opt
 from ..config.loader import ConfigError
-from ..layers import DropPath, trunc_normal_
-from ..layers.transformer import Mlp, attention_scale, to_2tuple
+from ..layers import trunc_normal_
+from ..layers.checkpointing import checkpoint_without_bn_double_update
+from ..layers.init import init_transformer_weights
+from ..layers.transformer import AttentionBase, PreNormBlock, to_2tuple
 from ..registry import register_model_trunk
-from .base import TrunkCommon
+from ._transformer_common import check_rgb_or_bgr, check_width_fits_heads, choice_of, read_options
+from .base import TrunkCommon, requested_features
 
 FEATURES = ("lastCLS", "lastMAP")
-
-
-def _optional_scale(key: str, value) -> Optional[float]:
-    """``QK_SCALE``: false/null/0 means the default ``head_dim ** -0.5``."""
-    if value is None or value is False:
-        return None
-    return opt.as_float(key, value) or None
 
 
 @dataclass(frozen=True)
@@ -70,29 +65,14 @@ class XCiTOptions:
     @classmethod
     def from_config(cls, section: Mapping) -> "XCiTOptions":
         key = "MODEL.TRUNK.XCIT."
-        out = cls(
-            image_size=opt.as_int(key + "IMAGE_SIZE", section["IMAGE_SIZE"], minimum=1),
-            patch_size=opt.choice(key + "PATCH_SIZE", section["PATCH_SIZE"], (8, 16)),
-            hidden_dim=opt.as_int(key + "HIDDEN_DIM", section["HIDDEN_DIM"], minimum=1),
-            num_layers=opt.as_int(key + "NUM_LAYERS", section["NUM_LAYERS"], minimum=1),
-            num_heads=opt.as_int(key + "NUM_HEADS", section["NUM_HEADS"], minimum=1),
-            mlp_ratio=opt.as_float(key + "MLP_RATIO", section["MLP_RATIO"], minimum=0.0),
-            dropout_rate=opt.as_float(key + "DROPOUT_RATE", section["DROPOUT_RATE"], minimum=0.0),
-            attention_dropout_rate=opt.as_float(
-                key + "ATTENTION_DROPOUT_RATE", section["ATTENTION_DROPOUT_RATE"], minimum=0.0
-            ),
-            drop_path_rate=opt.as_float(key + "DROP_PATH_RATE", section["DROP_PATH_RATE"], minimum=0.0),
-            eta=opt.as_float(key + "ETA", section["ETA"]),
-            tokens_norm=opt.as_bool(key + "TOKENS_NORM", section["TOKENS_NORM"]),
-            qkv_bias=opt.as_bool(key + "QKV_BIAS", section["QKV_BIAS"]),
-            qk_scale=_optional_scale(key + "QK_SCALE", section["QK_SCALE"]),
-            checkpoint_xca_block=opt.as_bool(key + "CHECKPOINT_XCA_BLOCK", section["CHECKPOINT_XCA_BLOCK"]),
-            checkpoint_attn_block=opt.as_bool(key + "CHECKPOINT_ATTN_BLOCK", section["CHECKPOINT_ATTN_BLOCK"]),
-        )
-        if out.hidden_dim % out.num_heads != 0:
-            raise ConfigError(
-                f"{key}HIDDEN_DIM: got {out.hidden_dim}, expected a multiple of NUM_HEADS ({out.num_heads})"
-            )
+        fields = [
+            "image_size", ("patch_size", choice_of((8, 16))), "hidden_dim", "num_layers", "num_heads", "mlp_ratio",
+            "dropout_rate", "attention_dropout_rate", "drop_path_rate", ("eta", opt.as_float),
+            ("tokens_norm", opt.as_bool), "qkv_bias", "qk_scale", ("checkpoint_xca_block", opt.as_bool),
+            ("checkpoint_attn_block", opt.as_bool),
+        ]
+        out = cls(**read_options(section, key, fields))
+        check_width_fits_heads(key, out.hidden_dim, out.num_heads)
         # The conv stem's first stage has HIDDEN_DIM / 8 (patch 16) or / 4 (patch 8) channels.
         stem_div = 8 if out.patch_size == 16 else 4
         if out.hidden_dim < stem_div:
@@ -198,23 +178,22 @@ class LPI(nn.Module):
         return x.reshape(B, C, N).transpose(1, 2)
 
 
-class XCA(nn.Module):
+class XCA(AttentionBase):
     """Cross-covariance attention: channels attend to channels through the ``d x d`` matrix of
     L2-normalised queries and keys (normalised over tokens), scaled by a learned per-head temperature.
 
-    This is not token softmax attention, so it stays an explicit (small) matmul.
+    This is not token softmax attention, so it stays an explicit (small) matmul. ``qk_scale`` is
+    accepted for the shared block constructor and not used.
     """
 
+    kind = "XCA"
+
     def __init__(
-        self, dim: int, num_heads: int = 8, qkv_bias: bool = False, attn_drop: float = 0.0, proj_drop: float = 0.0
+        self, dim: int, num_heads: int = 8, qkv_bias: bool = False, attn_drop: float = 0.0, proj_drop: float = 0.0,
+        qk_scale: Optional[float] = None,
     ) -> None:
-        super().__init__()
-        self.num_heads = num_heads
+        super().__init__(dim, num_heads, qkv_bias, qk_scale, attn_drop, proj_drop)
         self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
@@ -229,7 +208,7 @@ class XCA(nn.Module):
         return self.proj_drop(self.proj(x))
 
 
-class XCABlock(nn.Module):
+class XCABlock(PreNormBlock):
     """Pre-norm residual block: XCA, then local patch interaction, then MLP, each scaled by a
     LayerScale vector (``gamma1``, ``gamma3``, ``gamma2``) initialised to ``eta``."""
 
@@ -246,12 +225,9 @@ class XCABlock(nn.Module):
         act_layer=nn.GELU,
         norm_layer=nn.LayerNorm,
     ) -> None:
-        super().__init__()
-        self.norm1 = norm_layer(dim)
-        self.attn = XCA(dim, num_heads=num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop, proj_drop=drop)
-        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-        self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
+        super().__init__(
+            dim, num_heads, mlp_ratio, qkv_bias, None, drop, attn_drop, drop_path, act_layer, norm_layer, attn_layer=XCA
+        )
         self.norm3 = norm_layer(dim)
         self.local_mp = LPI(in_features=dim, act_layer=act_layer)
         self.gamma1 = nn.Parameter(eta * torch.ones(dim))
@@ -265,24 +241,14 @@ class XCABlock(nn.Module):
         return x
 
 
-class ClassAttention(nn.Module):
+class ClassAttention(AttentionBase):
     """Class attention (CaiT): only the class token (token 0) queries all tokens.
 
     As in the original, the output carries the projected class token followed by the input
     patch tokens unchanged.
     """
 
-    def __init__(
-        self, dim: int, num_heads: int = 8, qkv_bias: bool = False, qk_scale: Optional[float] = None,
-        attn_drop: float = 0.0, proj_drop: float = 0.0,
-    ) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.scale = attention_scale(dim // num_heads, qk_scale)
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+    kind = "class attention"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
@@ -292,13 +258,12 @@ class ClassAttention(nn.Module):
         q = F.linear(x[:, :1], w[:C], None if b is None else b[:C]).reshape(B, 1, h, d).transpose(1, 2)
         kv = F.linear(x, w[C:], None if b is None else b[C:]).reshape(B, N, 2, h, d).permute(2, 0, 3, 1, 4)
         k, v = kv.unbind(0)
-        drop = self.attn_drop.p if self.training else 0.0
-        cls = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, scale=self.scale)
+        cls = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout_p(), scale=self.scale)
         cls = self.proj_drop(self.proj(cls.transpose(1, 2).reshape(B, 1, C)))
         return torch.cat([cls, x[:, 1:]], dim=1)
 
 
-class ClassAttentionBlock(nn.Module):
+class ClassAttentionBlock(PreNormBlock):
     """Class-attention block with LayerScale (``gamma1``, ``gamma2``); the MLP runs on the class
     token only, and ``tokens_norm`` normalises all tokens (else only the class token) before it.
 
@@ -320,12 +285,10 @@ class ClassAttentionBlock(nn.Module):
         act_layer=nn.GELU,
         norm_layer=nn.LayerNorm,
     ) -> None:
-        super().__init__()
-        self.norm1 = norm_layer(dim)
-        self.attn = ClassAttention(dim, num_heads, qkv_bias, qk_scale, attn_drop, drop)
-        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-        self.norm2 = norm_layer(dim)
-        self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
+        super().__init__(
+            dim, num_heads, mlp_ratio, qkv_bias, qk_scale, drop, attn_drop, drop_path, act_layer, norm_layer,
+            attn_layer=ClassAttention,
+        )
         if eta is not None:
             self.gamma1 = nn.Parameter(eta * torch.ones(dim))
             self.gamma2 = nn.Parameter(eta * torch.ones(dim))
@@ -343,44 +306,9 @@ class ClassAttentionBlock(nn.Module):
         return x + self.drop_path(torch.cat([cls, x[:, 1:]], dim=1))
 
 
-class _NoBNUpdateOnRecompute:
-    """Callable for ``checkpoint``: the recompute pass must not update BatchNorm statistics twice.
-
-    During the recompute every BatchNorm runs with momentum 0 (statistics kept exactly) and its
-    batch counter is put back afterwards; toggling ``track_running_stats`` instead would change
-    what the op saves for backward, which non-reentrant checkpointing rejects.
-    """
-
-    def __init__(self, block: nn.Module) -> None:
-        self.block = block
-        self.calls = 0
-
-    def __call__(self, *args):
-        recompute = self.calls > 0
-        self.calls += 1
-        saved = []
-        if recompute:
-            for m in self.block.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
-                    count = None if m.num_batches_tracked is None else m.num_batches_tracked.clone()
-                    saved.append((m, m.momentum, count))
-                    m.momentum = 0.0
-        try:
-            return self.block(*args)
-        finally:
-            for m, momentum, count in saved:
-                m.momentum = momentum
-                if count is not None:
-                    m.num_batches_tracked.copy_(count)
-
-
 def _run_block(block: nn.Module, use_checkpoint: bool, x: torch.Tensor, H: int, W: int) -> torch.Tensor:
     if use_checkpoint and block.training and torch.is_grad_enabled():
-        if torch.compiler.is_compiling():
-            # Compiled, the recompute is traced from the functional graph, which applies the
-            # BatchNorm statistic updates once; the eager guard below is not needed (nor traceable).
-            return checkpoint(block, x, H, W, use_reentrant=False)
-        return checkpoint(_NoBNUpdateOnRecompute(block), x, H, W, use_reentrant=False)
+        return checkpoint_without_bn_double_update(block, x, H, W)
     return block(x, H, W)
 
 
@@ -399,10 +327,7 @@ class XCiT(nn.Module):
         init_seed: int = 0,
     ) -> None:
         super().__init__()
-        if common.input_type not in ("rgb", "bgr"):
-            raise ConfigError(
-                f"MODEL.INPUT_TYPE: got {common.input_type!r}, the XCiT trunk takes 'rgb' or 'bgr' input"
-            )
+        check_rgb_or_bgr(common.input_type, "XCiT")
         self.options = options
         o = options
         self.num_features = self.embed_dim = o.hidden_dim
@@ -424,7 +349,7 @@ class XCiT(nn.Module):
                     o.hidden_dim, o.num_heads, o.mlp_ratio, o.qkv_bias, o.dropout_rate,
                     o.attention_dropout_rate, o.drop_path_rate, o.eta, norm_layer=norm_layer,
                 )
-                block.apply(_init_weights)
+                block.apply(init_transformer_weights)
             blocks.append(block)
         self.blocks = nn.ModuleList(blocks)
         cls_blocks = []
@@ -435,13 +360,13 @@ class XCiT(nn.Module):
                     o.hidden_dim, o.num_heads, o.mlp_ratio, o.qkv_bias, o.qk_scale, o.dropout_rate,
                     o.attention_dropout_rate, eta=o.eta, tokens_norm=o.tokens_norm, norm_layer=norm_layer,
                 )
-                block.apply(_init_weights)
+                block.apply(init_transformer_weights)
             cls_blocks.append(block)
         self.cls_attn_blocks = nn.ModuleList(cls_blocks)
         self.norm = norm_layer(o.hidden_dim)
         self.pos_embeder = PositionalEncodingFourier(dim=o.hidden_dim)
         trunc_normal_(self.cls_token, std=0.02)
-        self.norm.apply(_init_weights)
+        self.norm.apply(init_transformer_weights)
 
     @property
     def feature_names(self) -> List[str]:
@@ -461,10 +386,7 @@ class XCiT(nn.Module):
         return x, (Hp, Wp)
 
     def forward(self, x: torch.Tensor, out_feat_keys: Optional[Sequence[str]] = None) -> List[torch.Tensor]:
-        names = list(out_feat_keys) if out_feat_keys else ["lastCLS"]
-        unknown = [n for n in names if n not in FEATURES]
-        if unknown:
-            raise ValueError(f"features {unknown} do not exist in the XCiT trunk; valid names: {list(FEATURES)}")
+        names = requested_features("XCiT", out_feat_keys, FEATURES)
         tokens, (Hp, Wp) = self._tokens(x)
         out = []
         for name in names:  # requested order, duplicates included, as in the original
@@ -474,16 +396,6 @@ class XCiT(nn.Module):
                 feat = self.norm(tokens[:, 1:])
                 out.append(feat.reshape(feat.shape[0], Hp, Wp, feat.shape[-1]))
         return out
-
-
-def _init_weights(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.zeros_(m.bias)
-        nn.init.ones_(m.weight)
 
 
 def _build(model_config: Mapping, fsdp: bool) -> XCiT:
