@@ -55,15 +55,22 @@ def parse_crops(text: str, channels: int = 3) -> List[torch.Tensor]:
     return crops
 
 
-def _image_size(model_cfg) -> int:
-    for section in model_cfg.TRUNK.values():
-        if isinstance(section, dict) and isinstance(section.get("IMAGE_SIZE"), int):
-            if model_cfg.TRUNK.NAME.upper().startswith(("VISION", "XCIT", "SWIN", "BEIT", "CONVIT", "CLASSY")):
-                return section["IMAGE_SIZE"]
-    return 224
+# Trunks whose config section fixes the input size, and trunks trained at another size.
+_SIZE_SECTIONS = {"vision_transformer": "VISION_TRANSFORMERS", "classy_vit": "VISION_TRANSFORMERS",
+                  "convit": "VISION_TRANSFORMERS", "xcit": "XCIT", "swin_transformer": "SWIN_TRANSFORMER",
+                  "beit": "BEIT"}
 
 
-def synthetic_input(model, crops: Optional[str], inputs: Sequence[str]) -> Any:
+def default_image_size(model_cfg) -> int:
+    """The input size a trunk was trained at: its section's IMAGE_SIZE, 227 for AlexNets, else 224."""
+    name = model_cfg.TRUNK.NAME
+    for prefix, section in _SIZE_SECTIONS.items():
+        if name.startswith(prefix):
+            return int(model_cfg.TRUNK[section].IMAGE_SIZE)
+    return 227 if name.startswith("alexnet") else 224
+
+
+def synthetic_input(model, crops: Optional[str], inputs: Sequence[str], size: Optional[int] = None) -> Any:
     """An input of the right kind for ``model``: tensor, list of crops, or dict of inputs."""
     cfg = model.model_config
     if inputs:
@@ -74,7 +81,7 @@ def synthetic_input(model, crops: Optional[str], inputs: Sequence[str]) -> Any:
                 raise SystemExit(f"--input {item!r}: expected KEY=SHAPE (e.g. images=2x3x224x224)")
             out[key] = torch.randn(_parse_shape(shape))
         return out if model.multi_input_mapping else out[next(iter(out))]
-    size = _image_size(cfg)
+    size = size or default_image_size(cfg)
     if model.multi_input_mapping:
         out = {}
         for key, head_idx in zip(model.multi_input_mapping.input_keys, model.multi_input_mapping.head_index):
@@ -126,7 +133,8 @@ def count_flops(model, x: Any) -> Optional[int]:
 
 
 def summary(config: str, overrides: Sequence[str] = (), weights: Optional[str] = None,
-            crops: Optional[str] = None, inputs: Sequence[str] = (), flops: bool = True, out=sys.stdout) -> int:
+            crops: Optional[str] = None, inputs: Sequence[str] = (), flops: bool = True, out=sys.stdout,
+            size: Optional[int] = None) -> int:
     import vissl_models
     from vissl_models.checkpoint import load_checkpoint, load_module_state
 
@@ -151,7 +159,7 @@ def summary(config: str, overrides: Sequence[str] = (), weights: Optional[str] =
         for label, rep, module in (("trunk", trunk_report, model.trunk), ("heads", heads_report, model.heads)):
             total = len(module.state_dict())
             print(f"  {label}: {len(rep.loaded)}/{total} keys loaded{rep.details()}", file=out)
-    x = synthetic_input(model, crops, inputs)
+    x = synthetic_input(model, crops, inputs, size)
     with torch.no_grad():
         t0 = time.time()
         y = model(x)
@@ -174,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--crops", help="multi-crop input, e.g. 2x224,6x96 (count x size)")
     s.add_argument("--input", action="append", default=[], dest="inputs",
                    help="KEY=SHAPE for multi-input models (repeatable), e.g. images=2x3x224x224")
+    s.add_argument("--size", type=int, help="input image size (default: what the trunk was trained at)")
     s.add_argument("--no-flops", action="store_true", help="skip the fvcore FLOP count")
     from .checkpoint.convert import add_convert_parser
     from .extract import add_extract_parser
@@ -202,7 +211,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command is None:
             return summary(DEFAULT_CONFIG, crops=DEFAULT_CROPS)
         if args.command == "summary":
-            return summary(args.config, args.overrides, args.weights, args.crops, args.inputs, not args.no_flops)
+            return summary(args.config, args.overrides, args.weights, args.crops, args.inputs, not args.no_flops,
+                           size=args.size)
         if args.command == "convert":
             from .checkpoint.convert import run_convert
 

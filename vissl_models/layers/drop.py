@@ -39,4 +39,5 @@ def optional_drop_path(drop_prob: float) -> nn.Module:
 
 def drop_path_rates(max_rate: float, depth: int) -> List[float]:
     """Stochastic-depth rate per block: linear from 0 to ``max_rate`` (float32 steps, as the original)."""
-    return [float(r) for r in torch.linspace(0, max_rate, depth).tolist()]
+    # On the CPU explicitly: models are also built under `with torch.device("meta")`.
+    return [float(r) for r in torch.linspace(0, max_rate, depth, device="cpu").tolist()]
