@@ -85,7 +85,7 @@ def main() -> None:
     setting = f"batch {args.batch}, {device}, {'bf16' if args.amp else 'fp32'}{', compiled' if args.compile else ''}"
     for name, value in results.items():
         print(f"{name:5s} {value:10.1f} img/s  ({setting})")
-    print(f"ratio ours/timm: {results['ours'] / results['timm']:.3f}")
+    print(f"throughput ratio ours / timm: {results['ours'] / results['timm']:.3f} (above 1: ours is faster)")
 
 
 if __name__ == "__main__":
