@@ -233,10 +233,10 @@ class BaseSSLMultiInputOutputModel(ClassyModel):
         except (KeyError, TypeError):
             raise KeyError("set_classy_state expects {'model': {'trunk': ..., 'heads': ...}}") from None
         # Check both parts before loading either, so a failure leaves the model as it was.
-        check_module_state(self.trunk, trunk_state, "trunk", strict=True)
-        check_module_state(self.heads, heads_state, "heads", strict=strict_heads)
-        trunk_report = load_module_state(self.trunk, trunk_state, "trunk", strict=True)
-        heads_report = load_module_state(self.heads, heads_state, "heads", strict=strict_heads)
+        trunk_report = check_module_state(self.trunk, trunk_state, "trunk", strict=True)
+        heads_report = check_module_state(self.heads, heads_state, "heads", strict=strict_heads)
+        load_module_state(self.trunk, trunk_state, "trunk", strict=True, report=trunk_report)
+        load_module_state(self.heads, heads_state, "heads", strict=strict_heads, report=heads_report)
         report = LoadReport(
             loaded=[f"trunk.{k}" for k in trunk_report.loaded] + [f"heads.{k}" for k in heads_report.loaded],
             missing=[f"heads.{k}" for k in heads_report.missing],

@@ -100,9 +100,11 @@ def check_module_state(module: nn.Module, state: Mapping[str, torch.Tensor], lab
     return report
 
 
-def load_module_state(module: nn.Module, state: Mapping[str, torch.Tensor], label: str, strict: bool) -> LoadReport:
-    """Load ``state`` into ``module`` after ``check_module_state``, so a bad state changes nothing."""
-    report = check_module_state(module, state, label, strict)
+def load_module_state(module: nn.Module, state: Mapping[str, torch.Tensor], label: str, strict: bool,
+                      report: Optional[LoadReport] = None) -> LoadReport:
+    """Load ``state`` into ``module`` after ``check_module_state`` (or with the ``report`` it gave),
+    so a bad state changes nothing."""
+    report = report or check_module_state(module, state, label, strict)
     own = set(report.loaded)
     module.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     return report
