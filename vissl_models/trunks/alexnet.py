@@ -12,7 +12,7 @@ several requested features come back in the order they were asked for.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
@@ -170,14 +170,15 @@ class AlexNet(FeatureTrunk):
 
 def _build(name: str, model_config: Mapping) -> AlexNet:
     common = TrunkCommon.from_config(model_config)
-    if name == "alexnet_colorization" and common.input_type != "lab":
-        raise ConfigError(
-            f"MODEL.INPUT_TYPE: got {common.input_type!r}, but alexnet_colorization takes only 'lab' input"
-        )
-    if name == "alexnet_deepcluster" and common.input_type == "lab":
-        raise ConfigError(
-            "MODEL.INPUT_TYPE: got 'lab', but alexnet_deepcluster's Sobel filter takes 3-channel 'rgb' or 'bgr' input"
-        )
+    if name == "alexnet_colorization":
+        if common.input_type != "lab":
+            raise ConfigError(
+                f"MODEL.INPUT_TYPE: got {common.input_type!r}, but alexnet_colorization takes only 'lab' input"
+            )
+    else:
+        # The original's other AlexNets take the 3-channel input as given whatever INPUT_TYPE says
+        # (one of its configs runs alexnet_deepcluster on Lab images), so INPUT_TYPE is not applied.
+        common = replace(common, input_type="rgb")
     return AlexNet(ARCHS[name], common)
 
 
