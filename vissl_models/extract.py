@@ -16,13 +16,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, TextIO, Tuple, Union
 
 import numpy as np
 import torch
 from torch import nn
+
+from .fileio import atomic_write
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 OUTPUT_FORMATS = (".npz", ".pt")
@@ -341,12 +342,6 @@ def extract_features(
 
 
 # ---------------------------------------------------------------------------------------- output
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_features(result: ExtractResult, path: Union[str, os.PathLike]) -> None:
     """Write ``result`` to ``path``: ``.npz`` (one array per layer plus ``paths``) or ``.pt`` (a dict
     of tensors per layer plus ``paths``, a list of str).
@@ -360,25 +355,13 @@ def save_features(result: ExtractResult, path: Union[str, os.PathLike]) -> None:
         raise ValueError(f"output {path!r}: unknown format {ext or '(no extension)'}; use one of {list(OUTPUT_FORMATS)}")
     if "paths" in result.features:
         raise ValueError("a layer named 'paths' would clash with the list of image paths in the output")
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            # mkstemp makes the file private (0600); give it the mode a plain open() would have.
-            os.fchmod(f.fileno(), os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o666 & ~_umask())
-            if ext == ".npz":
-                np.savez(f, paths=np.array(result.paths, dtype=str), **result.features)
-            else:
-                data: Dict[str, Any] = {n: torch.from_numpy(a) for n, a in result.features.items()}
-                data["paths"] = list(result.paths)
-                torch.save(data, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    with atomic_write(path) as f:
+        if ext == ".npz":
+            np.savez(f, paths=np.array(result.paths, dtype=str), **result.features)
+        else:
+            data: Dict[str, Any] = {n: torch.from_numpy(a) for n, a in result.features.items()}
+            data["paths"] = list(result.paths)
+            torch.save(data, f)
 
 
 # ---------------------------------------------------------------------------------------- command line

@@ -29,11 +29,12 @@ import math
 import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, Hashable, List, Mapping, Optional, Sequence, Set, Tuple
 
 import torch
+
+from ..fileio import atomic_write
 
 VISSL = "vissl"
 LIBRARIES = ("torchvision", "timm", "classy_vision")
@@ -842,22 +843,6 @@ def _choose_source(trunk: Mapping[str, torch.Tensor], layout: str, to: str, src:
     raise ValueError(f"the keys fit several layouts ({', '.join(others)}); give --from")
 
 
-def _save_atomic(obj: Any, path: str) -> None:
-    """Write to a temporary file in the target folder, then rename over ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".convert-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def convert_checkpoint(
     in_path: str,
     out_path: str,
@@ -907,7 +892,8 @@ def convert_checkpoint(
         }
     else:
         obj = result.state
-    _save_atomic(obj, out_path)
+    with atomic_write(out_path) as f:
+        torch.save(obj, f)
     return result
 
 
