@@ -1,14 +1,9 @@
+from vissl_models.trunks.efficientnet import USUAL_VALUES
+
 from . import TrunkSpec
 
-B0 = {
-    "model_version": "B0",
-    "bn_momentum": 0.01,
-    "bn_epsilon": 0.001,
-    "drop_connect_rate": 0.2,
-    "width_divisor": 8,
-    "min_width": None,
-    "use_se": True,
-}
+# The settings every original EfficientNet config uses, with B0.
+B0 = dict(USUAL_VALUES)
 
 TRUNK_SPECS = [
     TrunkSpec(
