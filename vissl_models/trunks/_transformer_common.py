@@ -8,37 +8,20 @@ is the one reported), the shared ones with their usual check.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Collection, Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 from ..config import options as opt
 from ..config.loader import ConfigError
 
-Parser = Callable[[str, Any], Any]
-
-
-def positive_int(key: str, value: Any) -> int:
-    return opt.as_int(key, value, minimum=1)
-
-
-def non_negative_int(key: str, value: Any) -> int:
-    return opt.as_int(key, value, minimum=0)
-
-
-def non_negative_float(key: str, value: Any) -> float:
-    return opt.as_float(key, value, minimum=0.0)
-
-
-def choice_of(allowed: Collection[Any]) -> Parser:
-    """A parser accepting only the values in ``allowed``."""
-    return lambda key, value: opt.choice(key, value, allowed)
-
-
-def probability(key: str, value: Any) -> float:
-    """A number in ``[0, 1]``."""
-    rate = opt.as_float(key, value, minimum=0.0)
-    if rate > 1.0:
-        raise ConfigError(f"{key}: got {rate}, expected a probability in [0, 1]")
-    return rate
+from ..config.options import (  # noqa: F401  (re-exported for the trunk modules)
+    Field,
+    Parser,
+    choice_of,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+    probability,
+)
 
 
 def optional_qk_scale(key: str, value: Any) -> Optional[float]:
@@ -66,15 +49,9 @@ SHARED_PARSERS: Dict[str, Parser] = {
 }
 
 
-def read_options(section: Mapping, key: str, fields: Sequence[Union[str, Tuple[str, Parser]]]) -> Dict[str, Any]:
-    """``{name: parsed value}`` for ``fields``, read in that order from ``section`` (whose full name,
-    with a trailing dot, is ``key``). A field is a name of :data:`SHARED_PARSERS` or a
-    ``(name, parser)`` pair; option ``name`` is read from key ``NAME``."""
-    out: Dict[str, Any] = {}
-    for field in fields:
-        name, parse = (field, SHARED_PARSERS[field]) if isinstance(field, str) else field
-        out[name] = parse(key + name.upper(), section[name.upper()])
-    return out
+def read_options(section: Mapping, key: str, fields: Sequence[Field]) -> Dict[str, Any]:
+    """:func:`vissl_models.config.options.read_options` with :data:`SHARED_PARSERS` for bare names."""
+    return opt.read_options(section, key, fields, SHARED_PARSERS)
 
 
 def check_divisible(key: str, name: str, value: int, by_name: str, by: int) -> None:

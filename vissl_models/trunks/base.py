@@ -18,6 +18,26 @@ from ..layers import INPUT_TYPES, transform_input_type
 from ..layers.checkpointing import checkpoint_without_bn_double_update
 
 
+#: What a feature tensor looks like: ``map`` N x C x H x W, ``vector`` N x C, ``tokens`` N x L x C.
+FEATURE_KINDS = ("map", "vector", "tokens")
+
+
+@dataclass(frozen=True)
+class FeatureInfo:
+    """One public feature of a trunk, as ``trunk.feature_info`` lists them (timm's ``feature_info``).
+
+    ``channels`` is the size of dim 1 for a ``map`` or ``vector`` and of the last dim for ``tokens``:
+    the width a head sees. ``reduction`` is the spatial stride relative to the input (None for
+    pooled vectors). ``module`` is the block that produces it (``_feature_blocks`` name or similar).
+    """
+
+    name: str
+    channels: int
+    reduction: Optional[int]
+    kind: str
+    module: str = ""
+
+
 @dataclass(frozen=True)
 class TrunkCommon:
     """Options every trunk reads from ``MODEL`` besides its own section."""
