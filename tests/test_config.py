@@ -12,7 +12,7 @@ from utils import model_config
 
 HERE = os.path.dirname(__file__)
 FIXTURE_CONFIGS = sorted(glob.glob(os.path.join(HERE, "..", "..", "shared", "parity", "public", "*", "config.yaml")))
-SHIPPED_CONFIGS = sorted(glob.glob(os.path.join(HERE, "..", "configs", "*.yaml")))
+SHIPPED_CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(vissl_models.__file__), "configs", "*.yaml")))
 
 
 def write(tmp_path, text, name="cfg.yaml"):

@@ -1,4 +1,4 @@
-"""Every config in configs/ builds; the per-family showcase configs also run through the CLI."""
+"""Every config in vissl_models/configs/ builds; the per-family showcase configs also run through the CLI."""
 
 import glob
 import io
@@ -10,7 +10,7 @@ import torch
 import vissl_models
 from vissl_models import cli
 
-CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.yaml")))
+CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(vissl_models.__file__), "configs", "*.yaml")))
 
 # One config per trunk family named by the issues; `vissl-models summary` runs each for real (slow).
 SHOWCASE = [
