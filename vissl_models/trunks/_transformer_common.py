@@ -32,6 +32,14 @@ def optional_qk_scale(key: str, value: Any) -> Optional[float]:
     return opt.as_float(key, value) or None
 
 
+def dropout_rate(key: str, value: Any) -> float:
+    """A dropout, attention-dropout or drop-path rate: a number in ``[0, 1)`` (1 would drop everything)."""
+    rate = opt.as_float(key, value)
+    if not 0.0 <= rate < 1.0:
+        raise ConfigError(f"{key}: got {rate}, expected a rate in [0, 1)")
+    return rate
+
+
 #: The usual check of each option the sections share.
 SHARED_PARSERS: Dict[str, Parser] = {
     "image_size": positive_int,
@@ -41,9 +49,9 @@ SHARED_PARSERS: Dict[str, Parser] = {
     "hidden_dim": positive_int,
     "mlp_dim": positive_int,
     "mlp_ratio": non_negative_float,
-    "dropout_rate": non_negative_float,
-    "attention_dropout_rate": non_negative_float,
-    "drop_path_rate": non_negative_float,
+    "dropout_rate": dropout_rate,
+    "attention_dropout_rate": dropout_rate,
+    "drop_path_rate": dropout_rate,
     "qkv_bias": opt.as_bool,
     "qk_scale": optional_qk_scale,
 }
@@ -58,6 +66,27 @@ def check_divisible(key: str, name: str, value: int, by_name: str, by: int) -> N
     """``{key}{name}: {value} is not divisible by {by_name} {by}`` unless it is."""
     if value % by:
         raise ConfigError(f"{key}{name}: {value} is not divisible by {by_name} {by}")
+
+
+def check_patch_fits(key: str, image_size, patch_size) -> None:
+    """Raise naming ``{key}PATCH_SIZE`` when a patch is larger than the image (no patch would fit).
+
+    Sizes are integers or ``(height, width)`` pairs.
+    """
+    image, patch = _pair(image_size), _pair(patch_size)
+    if patch[0] > image[0] or patch[1] > image[1]:
+        raise ConfigError(
+            f"{key}PATCH_SIZE: got {_shown(patch_size)}, larger than IMAGE_SIZE {_shown(image_size)}: "
+            "not a single patch fits in the image"
+        )
+
+
+def _pair(size) -> tuple:
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def _shown(size):
+    return size if isinstance(size, int) else list(size)
 
 
 def check_width_fits_heads(key: str, hidden_dim: int, num_heads: int) -> None:

@@ -48,7 +48,7 @@ from ..layers.transformer import (
     relative_position_index,
 )
 from ..registry import register_model_trunk
-from ._transformer_common import check_rgb_or_bgr, check_width_fits_heads, read_options
+from ._transformer_common import check_patch_fits, check_rgb_or_bgr, check_width_fits_heads, read_options
 from .base import TrunkCommon
 
 _FEATURE = re.compile(r"^(lastCLS)$|^blkCLS(-?\d+)$|^concatCLS(\d+)$")
@@ -226,8 +226,7 @@ class BEiTOptions:
         ]
         out = cls(**read_options(section, key, fields))
         check_width_fits_heads(key, out.hidden_dim, out.num_heads)
-        if out.image_size < out.patch_size:
-            raise ConfigError(f"{key}IMAGE_SIZE: got {out.image_size}, smaller than PATCH_SIZE {out.patch_size}")
+        check_patch_fits(key, out.image_size, out.patch_size)
         return out
 
 

@@ -30,7 +30,7 @@ from ..config.loader import ConfigError
 from ..layers import lecun_normal_init
 from ..layers.transformer import MLPBlock, resample_token_grid
 from ..registry import register_model_trunk
-from ._transformer_common import check_divisible, choice_of, non_negative_int, read_options
+from ._transformer_common import check_divisible, check_patch_fits, check_width_fits_heads, choice_of, non_negative_int, read_options
 from .base import check_single_feature
 
 CLASSIFIERS = ("token", "gap")
@@ -63,8 +63,9 @@ class ClassyViTOptions:
 
     def validate(self, key: str = "") -> None:
         """Raise a ``ConfigError`` for combinations classy_vision rejects."""
+        check_patch_fits(key, self.image_size, self.patch_size)
         check_divisible(key, "IMAGE_SIZE", self.image_size, "PATCH_SIZE", self.patch_size)
-        check_divisible(key, "HIDDEN_DIM", self.hidden_dim, "NUM_HEADS", self.num_heads)
+        check_width_fits_heads(key, self.hidden_dim, self.num_heads)
 
 
 class PackedSelfAttention(nn.Module):

@@ -33,6 +33,8 @@ from ..layers.transformer import Attention, MLPBlock, PatchEmbed, attention_scal
 from ..registry import register_model_trunk
 from ._transformer_common import (
     check_divisible,
+    check_patch_fits,
+    check_width_fits_heads,
     choice_of,
     non_negative_int,
     optional_qk_scale,
@@ -112,8 +114,9 @@ class ConViTOptions:
 
     def validate(self, vkey: str = "", ckey: str = "") -> None:
         """Raise a ``ConfigError`` for combinations the original rejects or cannot run."""
+        check_patch_fits(vkey, self.image_size, self.patch_size)
         check_divisible(vkey, "IMAGE_SIZE", self.image_size, "PATCH_SIZE", self.patch_size)
-        check_divisible(vkey, "HIDDEN_DIM", self.hidden_dim, "NUM_HEADS", self.num_heads)
+        check_width_fits_heads(vkey, self.hidden_dim, self.num_heads)
         if self.class_token_in_local_layers and self.n_gpsa_layers > 0:
             # GPSA's relative positions cover the square patch grid only; the original fails in
             # its first forward with this combination.

@@ -46,7 +46,7 @@ from ..layers.transformer import (
     to_2tuple,
 )
 from ..registry import register_model_trunk
-from ._transformer_common import positive_int, read_options
+from ._transformer_common import check_patch_fits, positive_int, read_options
 from .base import TrunkCommon, requested_features
 
 FEATURES = ("lastCLS",)
@@ -142,7 +142,7 @@ class WindowAttention(AttentionBase):
         return self.proj_drop(self.proj(out.reshape(B_, N, C)))
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, window_size={self.window_size}, num_heads={self.num_heads}"
+        return f"{self.dim} channels in {self.num_heads} heads, {self.window_size[0]}x{self.window_size[1]} windows"
 
 
 class SwinTransformerBlock(PreNormBlock):
@@ -174,8 +174,8 @@ class SwinTransformerBlock(PreNormBlock):
             window_size = min(input_resolution)
         if not 0 <= shift_size < window_size:
             raise ValueError(
-                f"swin block: shift size {shift_size} must be in [0, window size {window_size}) "
-                f"(feature map {input_resolution})"
+                f"swin block on a {input_resolution[0]}x{input_resolution[1]} map: a shift of {shift_size} does not "
+                f"fit a window of {window_size} (it needs 0 <= shift < window)"
             )
         super().__init__(
             dim, num_heads, mlp_ratio, qkv_bias, qk_scale, drop, attn_drop, drop_path, norm_layer=norm_layer,
@@ -229,9 +229,10 @@ class SwinTransformerBlock(PreNormBlock):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
     def extra_repr(self) -> str:
+        h, w = self.input_resolution
         return (
-            f"dim={self.dim}, input_resolution={self.input_resolution}, num_heads={self.num_heads}, "
-            f"window_size={self.window_size}, shift_size={self.shift_size}, mlp_ratio={self.mlp_ratio}"
+            f"{self.dim} channels in {self.num_heads} heads on a {h}x{w} map, {self.window_size}x{self.window_size} "
+            f"windows shifted by {self.shift_size}, MLP {self.mlp_ratio:g}x wide"
         )
 
 
@@ -251,13 +252,14 @@ class PatchMerging(nn.Module):
         B, H, W, C = x.shape
         if H % 2 or W % 2:
             if self.official:
-                raise ValueError(f"patch merging needs an even feature map, got {(H, W)}")
+                raise ValueError(f"swin_transformer_official merges 2x2 patches and cannot pad: got an odd {H}x{W} map")
             x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
         return self.reduction(self.norm(x))
 
     def extra_repr(self) -> str:
-        return f"input_resolution={self.input_resolution}, dim={self.dim}"
+        h, w = self.input_resolution
+        return f"{h}x{w} map of {self.dim} channels to {(h + 1) // 2}x{(w + 1) // 2} of {2 * self.dim}"
 
 
 class BasicLayer(nn.Module):
@@ -308,7 +310,8 @@ class BasicLayer(nn.Module):
         return x
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, input_resolution={self.input_resolution}, depth={self.depth}"
+        h, w = self.input_resolution
+        return f"{self.depth} blocks of {self.dim} channels on a {h}x{w} map"
 
 
 class SwinPatchEmbed(PatchEmbed):
@@ -370,6 +373,7 @@ class SwinOptions:
             "qkv_bias", "qk_scale",
         ]
         out = cls(**read_options(section, key, fields))
+        check_patch_fits(key, out.image_size, out.patch_size)
         if len(out.depths) != len(out.num_heads):
             raise ConfigError(
                 f"{key}NUM_HEADS: got {list(out.num_heads)}, expected one entry per stage of DEPTHS {list(out.depths)}"

@@ -21,7 +21,7 @@ from ..config import options as opt
 from ..layers.init import init_transformer_weights, trunc_normal_
 from ..layers.transformer import Block, Fp32LayerNorm, PatchEmbed, drop_path_rates, interpolate_pos_embed, to_2tuple
 from ..registry import register_model_trunk
-from ._transformer_common import check_divisible, probability, read_options
+from ._transformer_common import check_patch_fits, check_width_fits_heads, dropout_rate, read_options
 
 KEY = "MODEL.TRUNK.VISION_TRANSFORMERS."
 MIM_NAMES = ("", "none", "ibot", "msn")
@@ -64,68 +64,65 @@ class VisionTransformerOptions:
     mim_params: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        check_divisible(KEY, "HIDDEN_DIM", self.hidden_dim, "NUM_HEADS", self.num_heads)
+        check_width_fits_heads(KEY, self.hidden_dim, self.num_heads)
+        check_patch_fits(KEY, self.image_size, self.patch_size)
 
     @classmethod
     def from_config(cls, section: Mapping) -> "VisionTransformerOptions":
-        image_size = section["IMAGE_SIZE"]
-        if isinstance(image_size, (list, tuple)):
-            image_size = tuple(opt.as_int_list(KEY + "IMAGE_SIZE", image_size, min_len=2))
-            if len(image_size) != 2:
-                raise ConfigError(f"{KEY}IMAGE_SIZE: got {list(image_size)}, expected an integer or [height, width]")
-        else:
-            image_size = to_2tuple(opt.as_int(KEY + "IMAGE_SIZE", image_size, minimum=1))
-        qk_scale = section["QK_SCALE"]
-        # The original uses ``QK_SCALE or head_dim ** -0.5``: false, null and 0 mean the default.
-        qk_scale = opt.as_float(KEY + "QK_SCALE", qk_scale) if qk_scale else None
         hybrid = section.get("HYBRID", None)
         if hybrid:
             raise ConfigError(
-                f"{KEY}HYBRID: got {hybrid!r}; hybrid (CNN) patch embeddings are not implemented "
-                "(the original could build none either); use null"
+                f"{KEY}HYBRID: got {hybrid!r}; this trunk has no convolutional (hybrid) patch embedding, "
+                "and the original built none either; use null"
             )
-        mim = section.get("MASKED_IMAGE_MODELING", None) or {}
-        mim_name = mim.get("NAME", "") or ""
-        opt.choice(KEY + "MASKED_IMAGE_MODELING.NAME", mim_name, MIM_NAMES)
-        mim_name = "" if mim_name == "none" else mim_name
-        mim_params = dict(mim.get("PARAMS", None) or {})
-        allowed = MSN_PARAM_DEFAULTS if mim_name == "msn" else {}
-        unknown = sorted(set(mim_params) - set(allowed))
-        if unknown:
-            raise ConfigError(
-                f"{KEY}MASKED_IMAGE_MODELING.PARAMS: unknown keys {unknown} for NAME {mim_name!r}; "
-                f"accepted: {sorted(allowed)}"
-            )
-        if mim_name == "msn":
-            mim_params = {
-                "drop_ratio": opt.as_float(
-                    KEY + "MASKED_IMAGE_MODELING.PARAMS.drop_ratio",
-                    mim_params.get("drop_ratio", MSN_PARAM_DEFAULTS["drop_ratio"]),
-                ),
-                "global_view_tokens": opt.as_int(
-                    KEY + "MASKED_IMAGE_MODELING.PARAMS.global_view_tokens",
-                    mim_params.get("global_view_tokens", MSN_PARAM_DEFAULTS["global_view_tokens"]),
-                    minimum=0,
-                ),
-            }
-            if not mim_params["drop_ratio"] < 1.0:
-                raise ConfigError(
-                    f"{KEY}MASKED_IMAGE_MODELING.PARAMS.drop_ratio: got {mim_params['drop_ratio']}, expected < 1"
-                )
+        mim_name, mim_params = _masked_image_modeling(section.get("MASKED_IMAGE_MODELING", None) or {})
         fields = [
-            "patch_size", "num_layers", "num_heads", "hidden_dim", "mlp_dim", ("dropout_rate", probability),
-            ("attention_dropout_rate", probability), ("drop_path_rate", probability), "qkv_bias",
-            ("checkpoint_mlp", opt.as_bool), ("checkpoint_block", opt.as_bool),
+            ("image_size", _image_size), "patch_size", "num_layers", "num_heads", "hidden_dim", "mlp_dim",
+            "dropout_rate", "attention_dropout_rate", "drop_path_rate", "qkv_bias", "qk_scale",
+            ("classifier", _classifier), ("checkpoint_mlp", opt.as_bool), ("checkpoint_block", opt.as_bool),
+            ("use_class_token", opt.as_bool),
         ]
-        return cls(
-            image_size=image_size,
-            qk_scale=qk_scale,
-            classifier=str(section.get("CLASSIFIER", "token")),
-            **read_options(section, KEY, fields),
-            use_class_token=opt.as_bool(KEY + "USE_CLASS_TOKEN", section.get("USE_CLASS_TOKEN", True)),
-            masked_image_modeling=mim_name,
-            mim_params=mim_params,
-        )
+        return cls(**read_options(section, KEY, fields), masked_image_modeling=mim_name, mim_params=mim_params)
+
+
+def _image_size(key: str, value: Any) -> Tuple[int, int]:
+    """``IMAGE_SIZE``: one integer (square) or ``[height, width]``."""
+    if isinstance(value, (list, tuple)):
+        size = tuple(opt.as_int_list(key, value, min_len=2))
+        if len(size) != 2 or min(size) < 1:
+            raise ConfigError(f"{key}: got {list(value)}, expected a positive integer or [height, width]")
+        return size
+    return to_2tuple(opt.as_int(key, value, minimum=1))
+
+
+def _classifier(key: str, value: Any) -> str:
+    """``CLASSIFIER``: nothing reads it (as in the original), but it must at least be a name."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: got {value!r}, expected a name such as 'token'")
+    return value
+
+
+def _masked_image_modeling(mim: Mapping) -> Tuple[str, Dict[str, Any]]:
+    """``MASKED_IMAGE_MODELING``: the method name ("" for none) and its checked parameters."""
+    mkey = KEY + "MASKED_IMAGE_MODELING."
+    name = mim.get("NAME", "") or ""
+    opt.choice(mkey + "NAME", name, MIM_NAMES)
+    name = "" if name == "none" else name
+    params = dict(mim.get("PARAMS", None) or {})
+    allowed = MSN_PARAM_DEFAULTS if name == "msn" else {}
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{mkey}PARAMS: unknown keys {unknown} for NAME {name!r}; accepted: {sorted(allowed)}")
+    if name == "msn":
+        params = {
+            "drop_ratio": dropout_rate(mkey + "PARAMS.drop_ratio", params.get("drop_ratio", 0.0)),
+            "global_view_tokens": opt.as_int(
+                mkey + "PARAMS.global_view_tokens",
+                params.get("global_view_tokens", MSN_PARAM_DEFAULTS["global_view_tokens"]),
+                minimum=0,
+            ),
+        }
+    return name, params
 
 
 class NoPatchMasking(nn.Module):
@@ -407,7 +404,7 @@ class VisionTransformer(nn.Module):
 
 def _build(model_config: Mapping, fp32_layer_norm: bool) -> VisionTransformer:
     options = VisionTransformerOptions.from_config(model_config["TRUNK"]["VISION_TRANSFORMERS"])
-    seed = int(model_config.get("_MODEL_INIT_SEED", 0))
+    seed = opt.as_int("MODEL._MODEL_INIT_SEED", model_config.get("_MODEL_INIT_SEED", 0))
     # Built from its own seed, without changing the caller's random stream (as the original).
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -36,7 +36,7 @@ from ..layers.checkpointing import checkpoint_without_bn_double_update
 from ..layers.init import init_transformer_weights
 from ..layers.transformer import AttentionBase, PreNormBlock, to_2tuple
 from ..registry import register_model_trunk
-from ._transformer_common import check_rgb_or_bgr, check_width_fits_heads, choice_of, read_options
+from ._transformer_common import check_patch_fits, check_rgb_or_bgr, check_width_fits_heads, positive_int, read_options
 from .base import TrunkCommon, requested_features
 
 FEATURES = ("lastCLS", "lastMAP")
@@ -66,13 +66,14 @@ class XCiTOptions:
     def from_config(cls, section: Mapping) -> "XCiTOptions":
         key = "MODEL.TRUNK.XCIT."
         fields = [
-            "image_size", ("patch_size", choice_of((8, 16))), "hidden_dim", "num_layers", "num_heads", "mlp_ratio",
+            "image_size", ("patch_size", _stem_patch_size), "hidden_dim", "num_layers", "num_heads", "mlp_ratio",
             "dropout_rate", "attention_dropout_rate", "drop_path_rate", ("eta", opt.as_float),
             ("tokens_norm", opt.as_bool), "qkv_bias", "qk_scale", ("checkpoint_xca_block", opt.as_bool),
             ("checkpoint_attn_block", opt.as_bool),
         ]
         out = cls(**read_options(section, key, fields))
         check_width_fits_heads(key, out.hidden_dim, out.num_heads)
+        check_patch_fits(key, out.image_size, out.patch_size)
         # The conv stem's first stage has HIDDEN_DIM / 8 (patch 16) or / 4 (patch 8) channels.
         stem_div = 8 if out.patch_size == 16 else 4
         if out.hidden_dim < stem_div:
@@ -80,6 +81,11 @@ class XCiTOptions:
                 f"{key}HIDDEN_DIM: got {out.hidden_dim}, expected at least {stem_div} for PATCH_SIZE {out.patch_size}"
             )
         return out
+
+
+def _stem_patch_size(key: str, value) -> int:
+    """``PATCH_SIZE``: an integer, and one the conv stem has a layout for (8 or 16)."""
+    return opt.choice(key, positive_int(key, value), (8, 16))
 
 
 class PositionalEncodingFourier(nn.Module):
