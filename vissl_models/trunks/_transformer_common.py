@@ -8,7 +8,9 @@ is the one reported), the shared ones with their usual check.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
 
 from ..config import options as opt
 from ..config.loader import ConfigError
@@ -99,3 +101,44 @@ def check_rgb_or_bgr(input_type: str, trunk: str) -> None:
     """The trunk's stem takes three channels as given: ``MODEL.INPUT_TYPE`` must be rgb or bgr."""
     if input_type not in ("rgb", "bgr"):
         raise ConfigError(f"MODEL.INPUT_TYPE: got {input_type!r}, the {trunk} trunk takes 'rgb' or 'bgr' input")
+
+
+# ---------------------------------------------------------------- the trunk contract, for token trunks
+OUTPUT_FORMATS = ("NCHW", "NLC")
+
+
+def take_indices(count: int, indices: Optional[Union[int, Sequence[int]]]) -> Tuple[List[int], int]:
+    """timm's ``feature_take_indices``: which of ``count`` blocks/stages ``forward_intermediates`` returns.
+
+    None means all of them, an int ``n`` the last ``n``, a sequence those indices (negative ones count
+    from the end). Returns the absolute indices in the order given and the largest one.
+    """
+    if indices is None:
+        indices = count
+    if isinstance(indices, int):
+        if not 0 < indices <= count:
+            raise ValueError(f"indices: the last {indices} of {count} cannot be taken (expected 1 to {count})")
+        taken = list(range(count - indices, count))
+    else:
+        taken = []
+        for i in indices:
+            j = count + i if i < 0 else i
+            if not 0 <= j < count:
+                raise ValueError(f"indices: {i} is out of range for {count} (expected {-count} to {count - 1})")
+            taken.append(j)
+        if not taken:
+            raise ValueError("indices: an empty list selects nothing")
+    return taken, max(taken)
+
+
+def check_output_fmt(output_fmt: str, allowed: Sequence[str] = OUTPUT_FORMATS) -> None:
+    if output_fmt not in allowed:
+        raise ValueError(f"output_fmt: got {output_fmt!r}, expected one of {list(allowed)}")
+
+
+def tokens_to_map(tokens: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
+    """``(B, H*W, C)`` patch tokens to a ``(B, C, H, W)`` map."""
+    B, N, C = tokens.shape
+    if N != grid[0] * grid[1]:
+        raise ValueError(f"{N} patch tokens do not fill a {grid[0]}x{grid[1]} grid (were tokens dropped?)")
+    return tokens.reshape(B, grid[0], grid[1], C).permute(0, 3, 1, 2).contiguous()

@@ -9,9 +9,9 @@ Attention runs through ``F.scaled_dot_product_attention``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -21,7 +21,16 @@ from ..config import options as opt
 from ..layers.init import init_transformer_weights, trunc_normal_
 from ..layers.transformer import Block, Fp32LayerNorm, PatchEmbed, drop_path_rates, interpolate_pos_embed, to_2tuple
 from ..registry import register_model_trunk
-from ._transformer_common import check_patch_fits, check_width_fits_heads, dropout_rate, read_options
+from ._transformer_common import (
+    check_output_fmt,
+    check_patch_fits,
+    check_width_fits_heads,
+    dropout_rate,
+    read_options,
+    take_indices,
+    tokens_to_map,
+)
+from .base import FeatureInfo
 
 KEY = "MODEL.TRUNK.VISION_TRANSFORMERS."
 MIM_NAMES = ("", "none", "ibot", "msn")
@@ -320,10 +329,43 @@ class VisionTransformer(nn.Module):
         else:
             self.patch_masking = NoPatchMasking()
 
+    # ------------------------------------------------------------ features (the trunk contract)
+    @property
+    def default_feature(self) -> str:
+        """The normalised class token (``lastCLS``), or the token mean without one (``lastPOOL``)."""
+        return "lastCLS" if self.use_class_token else "lastPOOL"
+
     @property
     def feature_names(self) -> List[str]:
-        """Patterns accepted in ``out_feat_keys`` (``<n>`` stands for an integer)."""
-        return list(FEATURE_NAMES)
+        """Names accepted in ``out_feat_keys`` for this depth; ``stridePOOL_<count>[_<stride>]`` is
+        accepted too without the class token (see ``FEATURE_NAMES``)."""
+        d = len(self.blocks)
+        if self.use_class_token:
+            names = ["lastCLS", "lastMAP", "lastBLK"] + [f"blkCLS{i}" for i in range(d)]
+            names += [f"concatCLS{n}" for n in range(1, d + 1)]
+        else:
+            names = ["lastPOOL", "lastBLK"] + [f"concatPOOL{n}" for n in range(1, d + 1)]
+        return names + [f"concatBLK{n}" for n in range(1, d + 1)]
+
+    @property
+    def feature_info(self) -> List[FeatureInfo]:
+        """One entry per name of ``feature_names`` at ``IMAGE_SIZE`` inputs."""
+        return [self._feature_info(n) for n in self.feature_names]
+
+    def _feature_info(self, name: str) -> FeatureInfo:
+        kind, idx = _parse_feature(name, len(self.blocks), self.use_class_token)
+        width = self.embed_dim * len(idx)
+        module = f"blocks.{idx[-1]}"
+        if kind == "blk":
+            return FeatureInfo(name, width, self.patch_embed.patch_size[0], "tokens", module)
+        if kind == "map":
+            # (B, H, W, C) as in the original: channels last.
+            return FeatureInfo(name, width, self.patch_embed.patch_size[0], "map_nhwc", module)
+        return FeatureInfo(name, width, None, "vector", module)
+
+    def _grid(self, x: torch.Tensor) -> Tuple[int, int]:
+        p = self.patch_embed.patch_size
+        return (x.shape[-2] // p[0], x.shape[-1] // p[1])
 
     def interpolate_pos_encoding(self, x: torch.Tensor, grid_size: Tuple[int, int]) -> torch.Tensor:
         """Positional embeddings for the tokens ``x`` (prefix included) of a ``grid_size`` patch grid."""
@@ -333,8 +375,9 @@ class VisionTransformer(nn.Module):
 
     def prepare_tokens(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Patch embedding, class token, positional embeddings and masking: ``(B, tokens, C)``."""
-        p = self.patch_embed.patch_size
-        grid = (x.shape[-2] // p[0], x.shape[-1] // p[1])
+        if x.ndim != 4:
+            raise ValueError(f"the vision transformer takes N x C x H x W images, got shape {tuple(x.shape)}")
+        grid = self._grid(x)
         x = self.patch_embed(x)
         if self.cls_token is not None:
             x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
@@ -342,35 +385,25 @@ class VisionTransformer(nn.Module):
         x = self.patch_masking(x, pos_embed, mask=mask, num_prefix_tokens=self.num_prefix_tokens)
         return self.pos_drop(x)
 
-    def forward_features(
-        self, x: torch.Tensor, only_class_token: bool = True, mask: Optional[torch.Tensor] = None
-    ) -> torch.Tensor:
-        """Last block, normalised: the class token (or token mean), or every token."""
+    def feature_dict(
+        self, x: torch.Tensor, names: Optional[Sequence[str]] = None, mask: Optional[torch.Tensor] = None
+    ) -> Dict[str, torch.Tensor]:
+        """``{name: feature}`` for ``names`` (default: ``[default_feature]``), running the blocks
+        once and only up to the last one needed. ``mask`` goes to the iBOT masking."""
+        names = [self.default_feature] if names is None else list(names)
+        requests = {n: _parse_feature(n, len(self.blocks), self.use_class_token) for n in names}
+        needed = {i for _, idx in requests.values() for i in idx}
+        grid = self._grid(x)
         x = self.prepare_tokens(x, mask)
-        for blk in self.blocks:
-            x = blk(x)
-        if not only_class_token:
-            return self.norm(x)
-        if self.cls_token is not None:
-            # LayerNorm is per token, so normalising only the class token gives the same values.
-            return self.norm(x[:, 0])
-        return self.norm(x).mean(dim=1)
-
-    def get_intermediate_features(self, x: torch.Tensor, names: Sequence[str]) -> List[torch.Tensor]:
-        """One tensor per name of ``FEATURE_NAMES``, in the order asked."""
-        requests = [_parse_feature(n, len(self.blocks), self.use_class_token) for n in names]
-        needed = {i for _, idx in requests for i in idx}
-        p = self.patch_embed.patch_size
-        grid = (x.shape[-2] // p[0], x.shape[-1] // p[1])
-        x = self.prepare_tokens(x)
         interms: Dict[int, torch.Tensor] = {}
         for i, blk in enumerate(self.blocks[: max(needed) + 1]):
             x = blk(x)
             if i in needed:
                 interms[i] = x
-        out = []
-        for kind, idx in requests:
+        out: Dict[str, torch.Tensor] = {}
+        for name, (kind, idx) in requests.items():
             if kind == "cls":
+                # LayerNorm is per token, so normalising only the class token gives the same values.
                 parts = [self.norm(interms[i][:, 0]) for i in idx]
             elif kind == "blk":
                 parts = [self.norm(interms[i]) for i in idx]
@@ -382,8 +415,66 @@ class VisionTransformer(nn.Module):
                     raise ValueError(f"lastMAP: {feat.shape[1]} patch tokens do not fill the {grid} grid "
                                      "(tokens were dropped by MSN masking)")
                 parts = [feat.reshape(feat.shape[0], grid[0], grid[1], feat.shape[-1])]
-            out.append(parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1))
+            out[name] = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
         return out
+
+    def forward_features(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Every token of the last block, normalised: ``(B, tokens, C)`` (timm's meaning)."""
+        return self.feature_dict(x, ["lastBLK"], mask)["lastBLK"]
+
+    def get_intermediate_features(self, x: torch.Tensor, names: Sequence[str]) -> List[torch.Tensor]:
+        """One tensor per name of ``FEATURE_NAMES``, in the order asked (repeats included)."""
+        feats = self.feature_dict(x, names)
+        return [feats[n] for n in names]
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Optional[Union[int, Sequence[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = True,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ):
+        """timm's ``forward_intermediates`` over the blocks: patch tokens of the blocks in
+        ``indices`` (an int: the last n; a list: those blocks), as ``(B, C, H, W)`` maps (``NCHW``)
+        or ``(B, L, C)`` tokens (``NLC``), normalised with ``norm``. Returns them, or
+        ``(final normalised tokens, intermediates)``; ``stop_early`` skips the blocks after the last one taken.
+        """
+        check_output_fmt(output_fmt)
+        taken, last = take_indices(len(self.blocks), indices)
+        grid = self._grid(x)
+        x = self.prepare_tokens(x)
+        intermediates = []
+        for i, blk in enumerate(self.blocks[: last + 1] if stop_early else self.blocks):
+            x = blk(x)
+            if i in taken:
+                y = (self.norm(x) if norm else x)[:, self.num_prefix_tokens:]
+                intermediates.append(tokens_to_map(y, grid) if output_fmt == "NCHW" else y)
+        if intermediates_only:
+            return intermediates
+        return self.norm(x), intermediates
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in backward (``CHECKPOINT_BLOCK``) when ``enable``."""
+        for blk in self.blocks:
+            blk.checkpoint_block = enable
+
+    @torch.no_grad()
+    def resize_pos_embed(self, size: Union[int, Tuple[int, int]]) -> None:
+        """Make ``size`` (an int or ``(height, width)``) the trunk's input size, in place: the
+        positional embeddings are resampled as a forward at that size would, and stored."""
+        size = to_2tuple(size)
+        check_patch_fits("resize_pos_embed: ", size, self.patch_embed.patch_size)
+        p = self.patch_embed.patch_size
+        grid = (size[0] // p[0], size[1] // p[1])
+        pos = interpolate_pos_embed(
+            self.pos_embed, self.num_prefix_tokens + grid[0] * grid[1], self.patch_embed.feat_map_size, grid,
+            self.num_prefix_tokens,
+        )
+        self.pos_embed = nn.Parameter(pos.clone(), requires_grad=self.pos_embed.requires_grad)
+        self.patch_embed.set_img_size(size)
+        self.options = replace(self.options, image_size=tuple(size))
 
     def get_last_self_attention(self, x: torch.Tensor) -> torch.Tensor:
         """Attention weights of the last block: ``(B, heads, tokens, tokens)``."""
@@ -395,10 +486,12 @@ class VisionTransformer(nn.Module):
     def forward(
         self, x: torch.Tensor, out_feat_keys: Optional[Sequence[str]] = None, mask: Optional[torch.Tensor] = None
     ) -> List[torch.Tensor]:
+        """One feature per name, in the order asked; no names: ``[default_feature]``. As in the
+        original, ``mask`` applies to the default feature and to ``["lastBLK"]`` alone only."""
         if not out_feat_keys:
-            return [self.forward_features(x, mask=mask)]
-        if len(out_feat_keys) == 1 and out_feat_keys[0] == "lastBLK":
-            return [self.forward_features(x, only_class_token=False, mask=mask)]
+            return [self.feature_dict(x, mask=mask)[self.default_feature]]
+        if list(out_feat_keys) == ["lastBLK"]:
+            return [self.feature_dict(x, ["lastBLK"], mask)["lastBLK"]]
         return self.get_intermediate_features(x, out_feat_keys)
 
 
