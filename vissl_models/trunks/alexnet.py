@@ -163,7 +163,7 @@ class AlexNet(FeatureTrunk):
             x = self.sobel(x)
         # The original AlexNets return features in the order asked, duplicates or not.
         return forward_feature_blocks(
-            x, self._feature_blocks, out_feat_keys, self.feat_eval_mapping, self.checkpointing_splits,
+            x, self._feature_blocks, out_feat_keys, self.feat_eval_mapping, self._splits(),
             requested_order=True,
         )
 
