@@ -22,15 +22,14 @@ from ..layers.init import init_transformer_weights, trunc_normal_
 from ..layers.transformer import Block, Fp32LayerNorm, PatchEmbed, drop_path_rates, interpolate_pos_embed, to_2tuple
 from ..registry import register_model_trunk
 from ._transformer_common import (
-    check_output_fmt,
+    TransformerTrunk,
     check_patch_fits,
     check_width_fits_heads,
+    common_options,
     dropout_rate,
     read_options,
-    take_indices,
-    tokens_to_map,
 )
-from .base import FeatureInfo
+from .base import FeatureInfo, TrunkCommon
 
 KEY = "MODEL.TRUNK.VISION_TRANSFORMERS."
 MIM_NAMES = ("", "none", "ibot", "msn")
@@ -256,30 +255,30 @@ def _parse_feature(name: str, depth: int, use_class_token: bool) -> Tuple[str, L
     return kind, idx
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(TransformerTrunk):
     """ViT / DeiT trunk; ``forward(x, out_feat_keys=None, mask=None)`` returns a list of features.
 
     No names: the normalised class token (or the token mean without a class token) of the last
     block; ``["lastBLK"]``: every normalised token of the last block. Both pass ``mask`` to the
     iBOT masking. Other names (see ``FEATURE_NAMES``) are read from intermediate blocks, without
     the iBOT mask, as in the original. Inputs of another size than ``image_size`` get resized
-    positional embeddings (``interpolate_pos_embed``).
+    positional embeddings (``interpolate_pos_embed``); ``resize_pos_embed`` makes another size
+    the stored one. ``lastMAP`` (patch tokens as ``(B, H, W, C)``, channels last as in the
+    original) is accepted in ``out_feat_keys`` but is not in ``feature_info``, whose kinds are
+    channels-first maps, vectors and tokens.
     """
 
     def __init__(
         self,
         options: VisionTransformerOptions = VisionTransformerOptions(),
-        input_type: str = "rgb",
-        init_seed: Optional[int] = 0,
+        common: TrunkCommon = TrunkCommon(input_type="rgb", apply_input_type=False),
         fp32_layer_norm: bool = False,
     ) -> None:
-        super().__init__()
-        if input_type not in ("rgb", "bgr"):
-            raise ConfigError(f"MODEL.INPUT_TYPE: got {input_type!r}, the vision transformer takes 'rgb' or 'bgr'")
+        super().__init__(common)
         # As in the original, 'bgr' is accepted and the input is used as given (no channel flip).
         self.options = o = options
-        self.input_type = input_type
-        self.embed_dim = self.num_features = o.hidden_dim
+        init_seed = common.init_seed
+        self.embed_dim = o.hidden_dim
         self.use_class_token = o.use_class_token
         self.num_prefix_tokens = 1 if o.use_class_token else 0
         norm_layer = partial(Fp32LayerNorm if fp32_layer_norm else nn.LayerNorm, eps=1e-6)
@@ -296,9 +295,8 @@ class VisionTransformer(nn.Module):
         blocks = []
         for i, dpr in enumerate(drop_path_rates(o.drop_path_rate, o.num_layers)):
             # Each block is initialised from its own seed, so its weights do not depend on depth.
-            with torch.random.fork_rng(devices=[], enabled=init_seed is not None):
-                if init_seed is not None:
-                    torch.manual_seed(init_seed + i + 1)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(init_seed + i + 1)
                 block = Block(
                     dim=o.hidden_dim,
                     num_heads=o.num_heads,
@@ -329,28 +327,28 @@ class VisionTransformer(nn.Module):
         else:
             self.patch_masking = NoPatchMasking()
 
-    # ------------------------------------------------------------ features (the trunk contract)
-    @property
-    def default_feature(self) -> str:
-        """The normalised class token (``lastCLS``), or the token mean without one (``lastPOOL``)."""
-        return "lastCLS" if self.use_class_token else "lastPOOL"
+        self.default_input_size = tuple(o.image_size)
+        self.default_feature = "lastCLS" if o.use_class_token else "lastPOOL"
+        self.final_feature = "lastBLK"
+        self.intermediate_features = [f"blocks.{i}" for i in range(o.num_layers)]
+        self.feature_info = [self._feature_info(n) for n in self._public_names()]
+        self.set_grad_checkpointing(o.checkpoint_block or common.use_checkpointing)
 
-    @property
-    def feature_names(self) -> List[str]:
-        """Names accepted in ``out_feat_keys`` for this depth; ``stridePOOL_<count>[_<stride>]`` is
-        accepted too without the class token (see ``FEATURE_NAMES``)."""
+    # ------------------------------------------------------------ features (the trunk contract)
+    def _public_names(self) -> List[str]:
         d = len(self.blocks)
         if self.use_class_token:
-            names = ["lastCLS", "lastMAP", "lastBLK"] + [f"blkCLS{i}" for i in range(d)]
+            names = ["lastCLS", "lastBLK"] + [f"blkCLS{i}" for i in range(d)]
             names += [f"concatCLS{n}" for n in range(1, d + 1)]
         else:
             names = ["lastPOOL", "lastBLK"] + [f"concatPOOL{n}" for n in range(1, d + 1)]
         return names + [f"concatBLK{n}" for n in range(1, d + 1)]
 
     @property
-    def feature_info(self) -> List[FeatureInfo]:
-        """One entry per name of ``feature_names`` at ``IMAGE_SIZE`` inputs."""
-        return [self._feature_info(n) for n in self.feature_names]
+    def feature_aliases(self) -> List[str]:
+        """``lastMAP`` (channels-last map) besides ``feature_info``; ``stridePOOL_<count>[_<stride>]``
+        is accepted too without the class token (see ``FEATURE_NAMES``)."""
+        return ["lastMAP"] if self.use_class_token else []
 
     def _feature_info(self, name: str) -> FeatureInfo:
         kind, idx = _parse_feature(name, len(self.blocks), self.use_class_token)
@@ -358,9 +356,6 @@ class VisionTransformer(nn.Module):
         module = f"blocks.{idx[-1]}"
         if kind == "blk":
             return FeatureInfo(name, width, self.patch_embed.patch_size[0], "tokens", module)
-        if kind == "map":
-            # (B, H, W, C) as in the original: channels last.
-            return FeatureInfo(name, width, self.patch_embed.patch_size[0], "map_nhwc", module)
         return FeatureInfo(name, width, None, "vector", module)
 
     def _grid(self, x: torch.Tensor) -> Tuple[int, int]:
@@ -427,38 +422,21 @@ class VisionTransformer(nn.Module):
         feats = self.feature_dict(x, names)
         return [feats[n] for n in names]
 
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: Optional[Union[int, Sequence[int]]] = None,
-        norm: bool = False,
-        stop_early: bool = True,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ):
-        """timm's ``forward_intermediates`` over the blocks: patch tokens of the blocks in
-        ``indices`` (an int: the last n; a list: those blocks), as ``(B, C, H, W)`` maps (``NCHW``)
-        or ``(B, L, C)`` tokens (``NLC``), normalised with ``norm``. Returns them, or
-        ``(final normalised tokens, intermediates)``; ``stop_early`` skips the blocks after the last one taken.
-        """
-        check_output_fmt(output_fmt)
-        taken, last = take_indices(len(self.blocks), indices)
+    def _intermediates(self, x, taken, stop, norm, want_final):
         grid = self._grid(x)
         x = self.prepare_tokens(x)
-        intermediates = []
-        for i, blk in enumerate(self.blocks[: last + 1] if stop_early else self.blocks):
+        found = []
+        for i, blk in enumerate(self.blocks if stop is None else self.blocks[: stop + 1]):
             x = blk(x)
             if i in taken:
-                y = (self.norm(x) if norm else x)[:, self.num_prefix_tokens:]
-                intermediates.append(tokens_to_map(y, grid) if output_fmt == "NCHW" else y)
-        if intermediates_only:
-            return intermediates
-        return self.norm(x), intermediates
+                found.append(((self.norm(x) if norm else x)[:, self.num_prefix_tokens:], grid))
+        return (self.norm(x) if want_final else None), found
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each block in backward (``CHECKPOINT_BLOCK``) when ``enable``."""
+        """Recompute each block in backward (``CHECKPOINT_BLOCK``; ``CHECKPOINT_MLP`` stays as set)."""
+        super().set_grad_checkpointing(enable)
         for blk in self.blocks:
-            blk.checkpoint_block = enable
+            blk.checkpoint_block = bool(enable)
 
     @torch.no_grad()
     def resize_pos_embed(self, size: Union[int, Tuple[int, int]]) -> None:
@@ -475,6 +453,7 @@ class VisionTransformer(nn.Module):
         self.pos_embed = nn.Parameter(pos.clone(), requires_grad=self.pos_embed.requires_grad)
         self.patch_embed.set_img_size(size)
         self.options = replace(self.options, image_size=tuple(size))
+        self.default_input_size = tuple(size)
 
     def get_last_self_attention(self, x: torch.Tensor) -> torch.Tensor:
         """Attention weights of the last block: ``(B, heads, tokens, tokens)``."""
@@ -495,19 +474,19 @@ class VisionTransformer(nn.Module):
         return self.get_intermediate_features(x, out_feat_keys)
 
 
-def _build(model_config: Mapping, fp32_layer_norm: bool) -> VisionTransformer:
+def _build(model_config: Mapping, name: str, fp32_layer_norm: bool) -> VisionTransformer:
     options = VisionTransformerOptions.from_config(model_config["TRUNK"]["VISION_TRANSFORMERS"])
-    seed = opt.as_int("MODEL._MODEL_INIT_SEED", model_config.get("_MODEL_INIT_SEED", 0))
+    common = common_options(model_config, name)
     # Built from its own seed, without changing the caller's random stream (as the original).
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return VisionTransformer(options, model_config["INPUT_TYPE"], seed, fp32_layer_norm)
+        torch.manual_seed(common.init_seed)
+        return VisionTransformer(options, common, fp32_layer_norm)
 
 
 @register_model_trunk("vision_transformer")
 def build_vision_transformer(model_config: Mapping, model_name: str = "vision_transformer") -> VisionTransformer:
     """Build the ``vision_transformer`` trunk from ``MODEL`` (reads ``TRUNK.VISION_TRANSFORMERS``)."""
-    return _build(model_config, fp32_layer_norm=False)
+    return _build(model_config, model_name, fp32_layer_norm=False)
 
 
 @register_model_trunk("vision_transformer_fsdp")
@@ -518,4 +497,4 @@ def build_vision_transformer_fsdp(
 
     Sharding is applied from outside by the training code; in one process this is the module itself.
     """
-    return _build(model_config, fp32_layer_norm=True)
+    return _build(model_config, model_name, fp32_layer_norm=True)
