@@ -54,20 +54,18 @@ class ResNetOptions:
 
     @classmethod
     def from_config(cls, section: Mapping) -> "ResNetOptions":
-        key = "MODEL.TRUNK.RESNETS."
-        return cls(
-            depth=opt.choice(key + "DEPTH", section["DEPTH"], sorted(BLOCK_CONFIG)),
-            width_multiplier=opt.as_int(key + "WIDTH_MULTIPLIER", section["WIDTH_MULTIPLIER"], minimum=1),
-            norm=opt.choice(key + "NORM", section["NORM"], NORM_NAMES),
-            groupnorm_groups=opt.as_int(key + "GROUPNORM_GROUPS", section["GROUPNORM_GROUPS"], minimum=1),
-            standardize_convolutions=opt.as_bool(
-                key + "STANDARDIZE_CONVOLUTIONS", section["STANDARDIZE_CONVOLUTIONS"]
-            ),
-            groups=opt.as_int(key + "GROUPS", section["GROUPS"], minimum=1),
-            zero_init_residual=opt.as_bool(key + "ZERO_INIT_RESIDUAL", section["ZERO_INIT_RESIDUAL"]),
-            width_per_group=opt.as_int(key + "WIDTH_PER_GROUP", section["WIDTH_PER_GROUP"], minimum=1),
-            layer4_stride=opt.choice(key + "LAYER4_STRIDE", section["LAYER4_STRIDE"], (1, 2)),
-        )
+        fields = [
+            ("depth", opt.choice_of(sorted(BLOCK_CONFIG))),
+            ("width_multiplier", opt.positive_int),
+            ("norm", opt.choice_of(NORM_NAMES)),
+            ("groupnorm_groups", opt.positive_int),
+            ("standardize_convolutions", opt.as_bool),
+            ("groups", opt.positive_int),
+            ("zero_init_residual", opt.as_bool),
+            ("width_per_group", opt.positive_int),
+            ("layer4_stride", opt.choice_of((1, 2))),
+        ]
+        return cls(**opt.read_options(section, "MODEL.TRUNK.RESNETS.", fields))
 
 
 def resnet_feature_info(width: int, expansion: int, layer4_stride: int) -> List[FeatureInfo]:
@@ -125,7 +123,7 @@ class ResNeXt(FeatureTrunk):
                 blocks.append(block(out, planes, groups=options.groups, base_width=options.width_per_group, norm_layer=norm))
             return nn.Sequential(*blocks)
 
-        stem_conv = nn.Conv2d(input_channels(common.input_type), width, kernel_size=7, stride=2, padding=3, bias=False)
+        stem_conv = nn.Conv2d(input_channels(common.stem_input_type), width, kernel_size=7, stride=2, padding=3, bias=False)
         self._feature_blocks = nn.ModuleDict(
             [
                 ("conv1", stem_conv),
