@@ -222,7 +222,7 @@ def test_numpy_1x_module_names_load_in_one_restricted_pass(tmp_path, monkeypatch
     allowlist_before = list(torch.serialization.get_safe_globals())
     obj = safe_torch_load(str(dst))
     # One pass, through the restricted unpickler; torch's process-wide allowlist is not touched.
-    assert passes == [(False, safe_pickle.RESTRICTED_PICKLE)]
+    assert passes == [(False, RESTRICTED_PICKLE)]
     assert list(torch.serialization.get_safe_globals()) == allowlist_before
     assert np.array_equal(obj["meter"], np.arange(3)) and obj["top1"] == 2.5
 
