@@ -182,14 +182,11 @@ def _convert_trunk(trunk: Dict[str, Any], source: str, own: Mapping[str, torch.T
             result = convert_weights(trunk, source, "vissl")
     except (ValueError, ImportError, KeyError) as e:
         return " ".join(str(e).split())[:200]
-    heads = {}
+    heads = dict(result.heads)
+    if any(f"heads.{k}" not in own or tuple(v.shape) != tuple(own[f"heads.{k}"].shape) for k, v in heads.items()):
+        # The classifier does not fit the model's head: convert again, leaving it out (and listed).
+        result, heads = convert_weights(trunk, source, "vissl"), {}
     dropped = list(result.dropped)
-    for k, v in result.heads.items():
-        target = own.get(f"heads.{k}")
-        if isinstance(v, torch.Tensor) and target is not None and tuple(v.shape) == tuple(target.shape):
-            heads[k] = v
-        else:
-            dropped.append(f"classifier as heads.{k}")
     text = f"{result.src} {result.family} -> vissl"
     if heads:
         text += " (the classifier became head 0)"

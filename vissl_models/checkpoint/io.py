@@ -232,7 +232,7 @@ def split_trunk_heads(state: Mapping[str, Any]) -> Tuple[Dict[str, Any], Dict[st
 # ----------------------------------------------------------------------------- VISSL containers
 def _refuse_placeholder(value: Any, where: str, what: str) -> None:
     if isinstance(value, Placeholder) or (isinstance(value, type) and issubclass(value, Placeholder)):
-        raise CheckpointError(
+        raise UnsafeCheckpointError(
             f"{where}: {what} is an object of class {value.class_name}, which is not allowlisted: "
             "refused (nothing from the file was executed)"
         )
@@ -368,7 +368,7 @@ def refuse_placeholder_weights(state: Mapping[str, Any], path: str) -> None:
     bad = check_structure(state, path)
     if bad:
         shown = "; ".join(f"{p} is a {c}" for p, c in bad[:5])
-        raise CheckpointError(f"{path}: the model weights hold {len(bad)} object(s) whose class is not "
+        raise UnsafeCheckpointError(f"{path}: the model weights hold {len(bad)} object(s) whose class is not "
                               f"allowlisted ({shown}): refused (nothing from the file was executed)")
 
 
