@@ -226,13 +226,13 @@ def summary(config: str, overrides: Sequence[str] = (), weights: Optional[str] =
 
     path = resolve_config(config)
     cfg = vissl_models.load_config(path, overrides)
+    if weights and not os.path.isfile(weights):
+        raise FileNotFoundError(f"--weights {weights!r}: no such file")
     t0 = time.time()
     model = vissl_models.build_model(cfg.MODEL, cfg.OPTIMIZER).eval()
     build_s = time.time() - t0
     report = None
     if weights:
-        if not os.path.isfile(weights):
-            raise FileNotFoundError(f"--weights {weights!r}: no such file")
         report = model.load_weights(weights, strict=strict)
         if not report.loaded:
             raise ValueError(f"--weights {weights}: no weight in it fits this model, nothing was loaded"

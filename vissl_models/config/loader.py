@@ -262,7 +262,8 @@ def _read_source(source: Union[str, os.PathLike, Mapping]) -> dict:
 
 def _lift_trunk_params(cfg: dict) -> None:
     """Old VISSL files nest trunk options under ``MODEL.TRUNK.TRUNK_PARAMS``; lift them up."""
-    trunk = (cfg.get("MODEL") or {}).get("TRUNK")
+    model = cfg.get("MODEL")
+    trunk = model.get("TRUNK") if isinstance(model, Mapping) else None
     if isinstance(trunk, Mapping) and "TRUNK_PARAMS" in trunk:
         params = trunk.pop("TRUNK_PARAMS") or {}
         warnings.warn(
@@ -331,12 +332,12 @@ def _split_override(text: str) -> Tuple[bool, str, str]:
     """``(added, key, raw value)`` of a ``KEY=VALUE`` override; ``added`` for a leading ``+``."""
     if not isinstance(text, str):
         raise ConfigError(f"override {text!r}: expected a string KEY=VALUE, got {type(text).__name__}")
+    if text.strip().startswith("~"):
+        raise ConfigError(f"override {text!r}: removing keys ('~') is not supported; set the key to a value")
     if "=" not in text:
         raise ConfigError(f"override {text!r} is not of the form key.path=value (or +config/GROUP=NAME)")
     key, raw = text.split("=", 1)
     key = key.strip()
-    if key.startswith("~"):
-        raise ConfigError(f"override {text!r}: removing keys ('~') is not supported; set the key to a value")
     added = key.startswith("+")
     key = key.lstrip("+")
     if key.startswith("config."):

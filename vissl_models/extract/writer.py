@@ -36,22 +36,22 @@ def check_output_path(path: Union[str, os.PathLike], inputs: Iterable[Optional[U
     (the weights, the config, the image list or an image): writing there would destroy them.
     """
     path = os.fspath(path)
-    ext = os.path.splitext(path)[1].lower()
-    if ext not in OUTPUT_FORMATS:
-        raise ValueError(f"output {path!r}: unknown format {ext or '(no extension)'}; use one of {list(OUTPUT_FORMATS)}")
+    for item in inputs:
+        if item is not None and _same_file(path, os.fspath(item)):
+            raise ValueError(f"output {path!r}: is also an input ({os.fspath(item)}); writing the features there "
+                             "would destroy it")
     if os.path.isdir(path):
         raise ValueError(f"output {path!r}: is a folder; give a file name ending in {' or '.join(OUTPUT_FORMATS)}")
     if os.path.lexists(path) and not os.path.isfile(path):
         raise ValueError(f"output {path!r}: exists and is not a regular file")
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in OUTPUT_FORMATS:
+        raise ValueError(f"output {path!r}: unknown format {ext or '(no extension)'}; use one of {list(OUTPUT_FORMATS)}")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ValueError(f"output {path!r}: folder {folder} does not exist")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ValueError(f"output {path!r}: folder {folder} is not writable")
-    for item in inputs:
-        if item is not None and _same_file(path, os.fspath(item)):
-            raise ValueError(f"output {path!r}: is also an input ({os.fspath(item)}); writing the features there "
-                             "would destroy it")
     return path
 
 
