@@ -7,12 +7,12 @@ import textwrap
 import pytest
 
 import vissl_models
-from vissl_models.config import ConfigError, default_config
+from vissl_models.config import ConfigError, default_config, list_shipped_configs, resolve_config
 from utils import model_config
 
 HERE = os.path.dirname(__file__)
 FIXTURE_CONFIGS = sorted(glob.glob(os.path.join(HERE, "..", "..", "shared", "parity", "public", "*", "config.yaml")))
-SHIPPED_CONFIGS = sorted(glob.glob(os.path.join(HERE, "..", "configs", "*.yaml")))
+SHIPPED_CONFIGS = [resolve_config(name) for name in list_shipped_configs()]
 
 
 def write(tmp_path, text, name="cfg.yaml"):
