@@ -56,6 +56,7 @@ def work(tmp_path):
     Image.fromarray(rng.randint(0, 256, (40, 40, 3), dtype=np.uint8)).save(images / "a.jpg")
     (tmp_path / "list.txt").write_text("images/a.jpg\n")
     (tmp_path / "out").mkdir()
+    (tmp_path / "link.pt").symlink_to(tmp_path / "weights.torch")
     return tmp_path
 
 
@@ -106,6 +107,7 @@ def extract_cases(w):
         "out in a missing folder": ([*base, "--out", w / "missing" / "f.npz"], "does not exist"),
         "out with an unknown format": ([*base, "--out", w / "f.csv"], "unknown format"),
         "out is the weights": ([*base, "--weights", w / "weights.torch", "--out", w / "weights.torch"], "input"),
+        "out links to the weights": ([*base, "--weights", w / "weights.torch", "--out", w / "link.pt"], "input"),
         "out is the config": (["extract", w / "tiny.yaml", "--images", w / "images", "--out", w / "tiny.yaml"], "input"),
         "out is the image list": (["extract", w / "tiny.yaml", "--images", w / "list.txt", "--out", w / "list.txt"],
                                   "input"),

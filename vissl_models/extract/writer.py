@@ -19,13 +19,12 @@ OUTPUT_FORMATS = (".npz", ".pt")
 _TERMINATING = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
-def _same_file(a: str, b: str) -> bool:
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
+def _identity(path: str):
     try:
-        return os.path.samefile(a, b)  # hard links
-    except OSError:
-        return False
+        info = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return info.st_dev, info.st_ino
 
 
 def check_output_path(path: Union[str, os.PathLike], inputs: Iterable[Optional[Union[str, os.PathLike]]] = ()) -> str:
@@ -36,10 +35,14 @@ def check_output_path(path: Union[str, os.PathLike], inputs: Iterable[Optional[U
     (the weights, the config, the image list or an image): writing there would destroy them.
     """
     path = os.fspath(path)
-    for item in inputs:
-        if item is not None and _same_file(path, os.fspath(item)):
-            raise ValueError(f"output {path!r}: is also an input ({os.fspath(item)}); writing the features there "
-                             "would destroy it")
+    # Only an existing file can be an input; comparing identities (device, inode) also catches a
+    # symlink or a hard link to one.
+    target = _identity(path)
+    if target is not None:
+        for item in inputs:
+            if item is not None and _identity(os.fspath(item)) == target:
+                raise ValueError(f"output {path!r}: is also an input ({os.fspath(item)}); writing the features "
+                                 "there would destroy it")
     if os.path.isdir(path):
         raise ValueError(f"output {path!r}: is a folder; give a file name ending in {' or '.join(OUTPUT_FORMATS)}")
     if os.path.lexists(path) and not os.path.isfile(path):
