@@ -82,7 +82,8 @@ class MomentumTeacher:
         student: the model being trained (plain, DDP-wrapped, or ``fully_shard``-ed).
         teacher: a model of the same architecture (for FSDP2: sharded like the student). Its
             parameters and buffers are overwritten with the student's. ``None``: a deep copy of
-            the (unwrapped) student.
+            the (unwrapped) student (not possible for a sharded student: FSDP2 refuses deepcopy;
+            use ``from_config(..., shard=...)``).
         base_momentum: momentum at iteration 0.
         max_iteration: training length in iterations (the schedule reaches 1 there).
         cosine: the cosine schedule; ``False`` keeps ``base_momentum`` throughout.
@@ -99,6 +100,12 @@ class MomentumTeacher:
             raise ValueError(f"max_iteration must be > 0, got {max_iteration}")
         self.student = _unwrap(student)
         if teacher is None:
+            if any(hasattr(p, "to_local") for p in self.student.parameters()):
+                # FSDP2 modules refuse deepcopy; a sharded teacher has to be built and sharded.
+                raise ValueError(
+                    "the student is sharded (DTensor parameters): pass a teacher sharded the same way, "
+                    "e.g. MomentumTeacher.from_config(student, cfg.MODEL, ..., shard=shard_model)"
+                )
             teacher = copy.deepcopy(self.student)
         self.teacher = _unwrap(teacher)
         self.base_momentum = float(base_momentum)
