@@ -217,6 +217,14 @@ class BaseSSLMultiInputOutputModel(ClassyModel):
             convert_sync_batchnorm(self, cfg.SYNC_BN_TYPE, process_group)
         return self
 
+    def get_optimizer_param_groups(self, optimizer_schedulers: Optional[Mapping[str, Any]] = None) -> List[Dict[str, Any]]:
+        """``torch.optim`` parameter groups from the OPTIMIZER config given to ``build_model``
+        (the defaults when none was), with the original's semantics; see
+        ``vissl_models.training.get_optimizer_param_groups``."""
+        from .training.optim import get_optimizer_param_groups
+
+        return get_optimizer_param_groups(self, self.model_config, self.optimizer_config, optimizer_schedulers)
+
     # ------------------------------------------------------------------ checkpoints
     def get_classy_state(self, deep_copy: bool = False) -> Dict[str, Any]:
         """``{"model": {"trunk": trunk.state_dict(), "heads": heads.state_dict()}}``."""
