@@ -18,7 +18,7 @@ from vissl_models.config import ConfigError
 from vissl_models.training import autocast, autocast_dtype, grad_scaler, needs_grad_scaler
 
 BF16_REL_TOL = 5e-2
-CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "configs")
+CONFIG_DIR = os.path.join(os.path.dirname(vissl_models.__file__), "configs")
 
 
 def amp(**params):
