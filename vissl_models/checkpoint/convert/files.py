@@ -14,6 +14,7 @@ from .keymaps import FAMILIES, SIDES, VISSL, _pairs_text
 from .trunk_config import vissl_trunk_config
 from .weights import Conversion, _linear_head, convert_weights
 
+
 def _choose_source(trunk: Mapping[str, torch.Tensor], layout: str, to: str, src: Optional[str]) -> str:
     """The side a file's trunk weights are in, from ``--from``, the container and the keys."""
     if src is not None:

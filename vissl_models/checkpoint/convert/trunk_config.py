@@ -12,6 +12,7 @@ from .detect import _detect_families, _strip_wrappers
 from .keymaps import _LAYOUTS, FAMILIES, VISSL
 from .libraries import _build_on_meta
 
+
 def _resnet_config(state: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
     from ...trunks.resnet import BLOCK_CONFIG
 
