@@ -1,6 +1,7 @@
 """Config checks every transformer trunk shares: each bad value raises a ConfigError naming its key."""
 
 import pytest
+import torch
 
 import vissl_models
 from vissl_models.config import ConfigError
@@ -101,3 +102,10 @@ def test_init_seed_must_be_an_integer():
     cfg = model_config(_MODEL_INIT_SEED="3", TRUNK={"NAME": "vision_transformer", "VISION_TRANSFORMERS": VIT})
     with pytest.raises(ConfigError, match="_MODEL_INIT_SEED"):
         vissl_models.get_model_trunk("vision_transformer")(cfg, "vision_transformer")
+
+
+@pytest.mark.parametrize("name", TRUNKS)
+def test_a_single_image_without_batch_dimension_is_refused(name):
+    trunk = build(name).eval()
+    with pytest.raises(ValueError, match=r"N x C x H x W|\(B, 3, H, W\)|\(B, 3, 32, 32\)"):
+        trunk(torch.randn(3, 32, 32))

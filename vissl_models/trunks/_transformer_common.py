@@ -1,4 +1,6 @@
-"""Config reading the ViT-like trunks share (vision_transformer, xcit, swin, beit, convit, classy_vit).
+"""What the ViT-like trunks share (vision_transformer, xcit, swin, beit, convit, classy_vit): config
+reading and checks, and :class:`TransformerTrunk`, the trunk contract's timm-style
+``forward_intermediates`` over blocks.
 
 Their sections (``VISION_TRANSFORMERS``, ``XCIT``, ``SWIN_TRANSFORMER``, ``BEIT``, ``CONVIT``) key
 each option by its upper-cased name (``drop_path_rate`` is ``DROP_PATH_RATE``) and share many of
@@ -32,6 +34,8 @@ def optional_qk_scale(key: str, value: Any) -> Optional[float]:
     original's ``qk_scale or default``; anything else must be a number."""
     if value is None or value is False:
         return None
+    if value is True:
+        raise ConfigError(f"{key}: got true, expected false (the default scale) or a number")
     return opt.as_float(key, value) or None
 
 
@@ -63,6 +67,16 @@ SHARED_PARSERS: Dict[str, Parser] = {
 def read_options(section: Mapping, key: str, fields: Sequence[Field]) -> Dict[str, Any]:
     """:func:`vissl_models.config.options.read_options` with :data:`SHARED_PARSERS` for bare names."""
     return opt.read_options(section, key, fields, SHARED_PARSERS)
+
+
+def check_no_hybrid(section: Mapping, key: str) -> None:
+    """``HYBRID`` (a CNN stem before the patch embedding) must be unset: no trunk here builds one,
+    and the original could not build one either."""
+    hybrid = section.get("HYBRID", None)
+    if hybrid:
+        raise ConfigError(
+            f"{key}HYBRID: got {hybrid!r}; these trunks have no convolutional (hybrid) patch embedding; use null"
+        )
 
 
 def check_divisible(key: str, name: str, value: int, by_name: str, by: int) -> None:
@@ -111,6 +125,12 @@ def common_options(model_config: Mapping, trunk: str) -> TrunkCommon:
     return TrunkCommon.from_config(model_config, trunk, RGB_OR_BGR, apply_input_type=False)
 
 
+def check_image_batch(x: torch.Tensor, trunk: str) -> None:
+    """The transformer trunks take a batch of images: ``x`` must be N x C x H x W."""
+    if x.ndim != 4:
+        raise ValueError(f"the {trunk} trunk takes N x C x H x W images, got a tensor of shape {tuple(x.shape)}")
+
+
 def check_output_fmt(output_fmt: str) -> None:
     if output_fmt not in OUTPUT_FORMATS:
         raise ValueError(f"output_fmt: got {output_fmt!r}, expected one of {list(OUTPUT_FORMATS)}")
@@ -134,9 +154,10 @@ class TransformerTrunk(Trunk):
 
     ``intermediate_features`` names the blocks (Swin: the stages) ``forward_intermediates``
     indexes. A subclass implements :meth:`_intermediates`; this class picks the indices and the
-    output format. As in timm, ``norm`` applies the final norm to the intermediates, and with
-    ``stop_early`` the blocks after the last one taken are skipped, the final output included
-    (it is the final norm of the tokens at that point).
+    output format. As in timm, ``norm`` applies the final norm to the intermediates (Swin: to the
+    last stage only, the norm's width). As :class:`Trunk` defines it for every trunk, with
+    ``stop_early`` nothing after the last block taken runs and the final output is that last
+    intermediate; without it the final output is ``forward_features``.
     """
 
     def forward_intermediates(
@@ -152,17 +173,21 @@ class TransformerTrunk(Trunk):
 
         ``indices``: None for every block, an int n for the last n, or a list of block indices.
         ``output_fmt``: ``NCHW`` / ``NHWC`` maps of the patch tokens (prefix tokens dropped), or
-        ``NLC`` tokens.
+        ``NLC`` tokens. ``stop_early``: see the class docstring.
         """
         check_output_fmt(output_fmt)
         taken, last = take_indices(len(self.intermediate_features), indices)
-        final, found = self._intermediates(x, set(taken), last if stop_early else None, norm, not intermediates_only)
+        want_final = not (intermediates_only or stop_early)
+        final, found = self._intermediates(x, set(taken), last if stop_early else None, norm, want_final)
         out = [format_tokens(tokens, grid, output_fmt) for tokens, grid in found]
-        return out if intermediates_only else (final, out)
+        if intermediates_only:
+            return out
+        return (out[-1] if stop_early else final), out
 
     def _intermediates(
         self, x: torch.Tensor, taken: Set[int], stop: Optional[int], norm: bool, want_final: bool
     ) -> Tuple[Optional[torch.Tensor], List[Tuple[torch.Tensor, Tuple[int, int]]]]:
-        """Run up to block ``stop`` (None: all); return the final output (if ``want_final``) and,
-        for each block in ``taken`` in order, its patch tokens ``(B, L, C)`` and their grid."""
+        """Run up to block ``stop`` (None: all); return ``forward_features``'s output (if
+        ``want_final``, which implies ``stop`` None) and, for each block in ``taken`` in order, its
+        patch tokens ``(B, L, C)`` and their grid."""
         raise NotImplementedError

@@ -50,6 +50,7 @@ from ..layers.transformer import (
 from ..registry import register_model_trunk
 from ._transformer_common import (
     TransformerTrunk,
+    check_image_batch,
     check_patch_fits,
     check_width_fits_heads,
     common_options,
@@ -305,6 +306,7 @@ class BEiT(TransformerTrunk):
 
     def prepare_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Patch tokens with the class token prepended and the absolute positions added."""
+        check_image_batch(x, "BEiT")
         H, W = x.shape[-2:]
         if (H, W) != tuple(self.patch_embed.img_size):
             raise ValueError(

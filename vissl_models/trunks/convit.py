@@ -37,6 +37,7 @@ from ..registry import register_model_trunk
 from ._transformer_common import (
     TransformerTrunk,
     check_divisible,
+    check_no_hybrid,
     check_patch_fits,
     check_width_fits_heads,
     choice_of,
@@ -48,13 +49,6 @@ from ._transformer_common import (
 )
 from .base import FeatureInfo, TrunkCommon, check_single_feature
 from .classy_vit import CLASSIFIERS
-
-
-def parse_qk_scale(key: str, value) -> Optional[float]:
-    """``QK_SCALE``: false/null/0 mean ``head_dim ** -0.5`` (the original's ``qk_scale or default``)."""
-    if value is True:
-        raise ConfigError(f"{key}: got true, expected false (default scale) or a number")
-    return optional_qk_scale(key, value)
 
 
 @dataclass(frozen=True)
@@ -84,10 +78,14 @@ class ConViTOptions:
         """Read ``TRUNK.VISION_TRANSFORMERS`` and ``TRUNK.CONVIT`` (``trunk_config`` is ``MODEL.TRUNK``)."""
         vit, convit = trunk_config["VISION_TRANSFORMERS"], trunk_config["CONVIT"]
         vkey, ckey = "MODEL.TRUNK.VISION_TRANSFORMERS.", "MODEL.TRUNK.CONVIT."
-        if vit.get("HYBRID") is not None:
-            raise ConfigError(f"{vkey}HYBRID: got {vit['HYBRID']!r}; hybrid CNN backbones are not supported")
-        qkv_bias = opt.as_bool(vkey + "QKV_BIAS", vit["QKV_BIAS"])
-        qk_scale = parse_qk_scale(vkey + "QK_SCALE", vit["QK_SCALE"])
+        check_no_hybrid(vit, vkey)
+        vit_fields = [
+            "image_size", "patch_size", ("num_layers", non_negative_int), "num_heads", "hidden_dim", "mlp_dim",
+            "dropout_rate", "attention_dropout_rate", "drop_path_rate", ("classifier", choice_of(CLASSIFIERS)),
+            "qkv_bias", "qk_scale",
+        ]
+        vit_options = read_options(vit, vkey, vit_fields)
+        qkv_bias, qk_scale = vit_options["qkv_bias"], vit_options["qk_scale"]
         # The original merged CONVIT under VISION_TRANSFORMERS, so these two keys in CONVIT were
         # overridden; a different value there would silently not apply, hence the error.
         if "QKV_BIAS" in convit and opt.as_bool(ckey + "QKV_BIAS", convit["QKV_BIAS"]) != qkv_bias:
@@ -95,25 +93,16 @@ class ConViTOptions:
                 f"{ckey}QKV_BIAS: {convit['QKV_BIAS']!r} differs from {vkey}QKV_BIAS ({qkv_bias}), which is "
                 "the one that applies; set it under VISION_TRANSFORMERS"
             )
-        if "QK_SCALE" in convit and parse_qk_scale(ckey + "QK_SCALE", convit["QK_SCALE"]) != qk_scale:
+        if "QK_SCALE" in convit and optional_qk_scale(ckey + "QK_SCALE", convit["QK_SCALE"]) != qk_scale:
             raise ConfigError(
                 f"{ckey}QK_SCALE: {convit['QK_SCALE']!r} differs from {vkey}QK_SCALE ({vit['QK_SCALE']!r}), "
                 "which is the one that applies; set it under VISION_TRANSFORMERS"
             )
-        vit_fields = [
-            "image_size", "patch_size", ("num_layers", non_negative_int), "num_heads", "hidden_dim", "mlp_dim",
-            "dropout_rate", "attention_dropout_rate", "drop_path_rate", ("classifier", choice_of(CLASSIFIERS)),
-        ]
         convit_fields = [
             ("n_gpsa_layers", non_negative_int), ("class_token_in_local_layers", opt.as_bool),
             ("locality_strength", opt.as_float), ("locality_dim", positive_int), ("use_local_init", opt.as_bool),
         ]
-        options = cls(
-            **read_options(vit, vkey, vit_fields),
-            qkv_bias=qkv_bias,
-            qk_scale=qk_scale,
-            **read_options(convit, ckey, convit_fields),
-        )
+        options = cls(**vit_options, **read_options(convit, ckey, convit_fields))
         options.validate(vkey, ckey)
         return options
 

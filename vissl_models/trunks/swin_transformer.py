@@ -46,7 +46,14 @@ from ..layers.transformer import (
     to_2tuple,
 )
 from ..registry import register_model_trunk
-from ._transformer_common import TransformerTrunk, check_patch_fits, common_options, positive_int, read_options
+from ._transformer_common import (
+    TransformerTrunk,
+    check_image_batch,
+    check_patch_fits,
+    common_options,
+    positive_int,
+    read_options,
+)
 from .base import FeatureInfo, TrunkCommon, requested_features
 
 FEATURES = ("lastCLS",)
@@ -479,6 +486,7 @@ class SwinTransformer(TransformerTrunk):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last stage's map, layer-normalised: ``(B, H, W, num_features)`` (timm's layout)."""
+        check_image_batch(x, "Swin")
         x = self.pos_drop(self.patch_embed(x))
         for layer in self.layers:
             x = layer(x)
@@ -490,6 +498,7 @@ class SwinTransformer(TransformerTrunk):
         return {n: self.forward_features(x).flatten(1, 2).mean(dim=1) for n in dict.fromkeys(names)}
 
     def _intermediates(self, x, taken, stop, norm, want_final):
+        check_image_batch(x, "Swin")
         x = self.pos_drop(self.patch_embed(x))
         found = []
         last = self.num_layers - 1
@@ -498,11 +507,9 @@ class SwinTransformer(TransformerTrunk):
             if i in taken:
                 y = self.norm(x) if norm and i == last else x
                 found.append((y.flatten(1, 2), (y.shape[1], y.shape[2])))
-            if i == last:
-                x = self.norm(x)  # the final norm is sized for the last stage only (as timm)
-            elif stop is None or i < stop:
+            if i < last and (stop is None or i < stop):
                 x = layer.downsample(x)
-        return (x if want_final else None), found
+        return (self.norm(x) if want_final else None), found
 
     def forward(self, x: torch.Tensor, out_feat_keys: Optional[Sequence[str]] = None) -> List[torch.Tensor]:
         """``[lastCLS]`` once per name asked (only ``lastCLS`` exists)."""

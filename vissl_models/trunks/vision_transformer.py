@@ -23,6 +23,8 @@ from ..layers.transformer import Block, Fp32LayerNorm, PatchEmbed, drop_path_rat
 from ..registry import register_model_trunk
 from ._transformer_common import (
     TransformerTrunk,
+    check_image_batch,
+    check_no_hybrid,
     check_patch_fits,
     check_width_fits_heads,
     common_options,
@@ -77,12 +79,7 @@ class VisionTransformerOptions:
 
     @classmethod
     def from_config(cls, section: Mapping) -> "VisionTransformerOptions":
-        hybrid = section.get("HYBRID", None)
-        if hybrid:
-            raise ConfigError(
-                f"{KEY}HYBRID: got {hybrid!r}; this trunk has no convolutional (hybrid) patch embedding, "
-                "and the original built none either; use null"
-            )
+        check_no_hybrid(section, KEY)
         mim_name, mim_params = _masked_image_modeling(section.get("MASKED_IMAGE_MODELING", None) or {})
         fields = [
             ("image_size", _image_size), "patch_size", "num_layers", "num_heads", "hidden_dim", "mlp_dim",
@@ -333,6 +330,7 @@ class VisionTransformer(TransformerTrunk):
         self.intermediate_features = [f"blocks.{i}" for i in range(o.num_layers)]
         self.feature_info = [self._feature_info(n) for n in self._public_names()]
         self.set_grad_checkpointing(o.checkpoint_block or common.use_checkpointing)
+        self.grad_checkpointing = self.grad_checkpointing or o.checkpoint_mlp
 
     # ------------------------------------------------------------ features (the trunk contract)
     def _public_names(self) -> List[str]:
@@ -370,8 +368,7 @@ class VisionTransformer(TransformerTrunk):
 
     def prepare_tokens(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Patch embedding, class token, positional embeddings and masking: ``(B, tokens, C)``."""
-        if x.ndim != 4:
-            raise ValueError(f"the vision transformer takes N x C x H x W images, got shape {tuple(x.shape)}")
+        check_image_batch(x, "vision transformer")
         grid = self._grid(x)
         x = self.patch_embed(x)
         if self.cls_token is not None:
@@ -433,10 +430,12 @@ class VisionTransformer(TransformerTrunk):
         return (self.norm(x) if want_final else None), found
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each block in backward (``CHECKPOINT_BLOCK``; ``CHECKPOINT_MLP`` stays as set)."""
+        """Recompute each block in backward (``CHECKPOINT_BLOCK``), or nothing at all: disabling
+        also ends the MLP-only recompute of ``CHECKPOINT_MLP``."""
         super().set_grad_checkpointing(enable)
         for blk in self.blocks:
             blk.checkpoint_block = bool(enable)
+            blk.checkpoint_mlp = blk.checkpoint_mlp and bool(enable)
 
     @torch.no_grad()
     def resize_pos_embed(self, size: Union[int, Tuple[int, int]]) -> None:

@@ -38,6 +38,7 @@ from ..layers.transformer import AttentionBase, PreNormBlock, to_2tuple
 from ..registry import register_model_trunk
 from ._transformer_common import (
     TransformerTrunk,
+    check_image_batch,
     check_patch_fits,
     check_width_fits_heads,
     common_options,
@@ -399,6 +400,7 @@ class XCiT(TransformerTrunk):
 
     def _patch_tokens(self, x: torch.Tensor):
         """Patch embedding plus positions: ``(B, N, C)`` tokens and their grid."""
+        check_image_batch(x, "XCiT")
         x, (Hp, Wp) = self.patch_embed(x)
         x = x + self.pos_embeder(Hp, Wp).to(x.dtype)
         return self.pos_drop(x), (Hp, Wp)
