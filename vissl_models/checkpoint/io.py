@@ -104,7 +104,12 @@ def safe_torch_load(path: str, map_location: Any = "cpu", allow_placeholders: bo
         with warnings.catch_warnings():
             # Plain pickles of a newer protocol draw a warning: noise here.
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            obj = torch.load(path, map_location=map_location, weights_only=False, pickle_module=RESTRICTED_PICKLE)
+            if os.getenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "0").lower() in ("1", "y", "yes", "true"):
+                # The user demands torch's own weights-only loader (it refuses any pickle_module).
+                obj = torch.load(path, map_location=map_location, weights_only=True)
+            else:
+                obj = torch.load(path, map_location=map_location, weights_only=False,
+                                 pickle_module=RESTRICTED_PICKLE)
     except RefusedByAllowlist as e:
         raise UnsafeCheckpointError(f"{path}: refused to load ({' '.join(str(e).split())[:300]}); nothing from the "
                                     "file was executed", path=path) from None
