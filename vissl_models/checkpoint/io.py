@@ -37,7 +37,13 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from .errors import CheckpointError, CorruptCheckpointError, UnsafeCheckpointError, short_repr
+from .errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    UnsafeCheckpointError,
+    short_repr,
+)
 from .layouts import detect_key_layout, key_layout_name
 from .safe_pickle import RESTRICTED_PICKLE, Placeholder, RefusedByAllowlist, TooDeepError, find_placeholders
 from .sharded import (
@@ -87,14 +93,14 @@ def safe_torch_load(path: str, map_location: Any = "cpu", allow_placeholders: bo
     is neither read nor changed, so loads in other threads are unaffected.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
+        CheckpointNotFoundError: ``path`` does not exist (also a ``FileNotFoundError``).
         CorruptCheckpointError: the file is empty, truncated, damaged or not a PyTorch file.
         UnsafeCheckpointError: a TorchScript archive, a refused construct, containers nested too
             deep, or (with ``allow_placeholders=False``) objects outside the allowlist.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: checkpoint file not found")
+        raise CheckpointNotFoundError(f"{path}: checkpoint file not found", path=path)
     if os.path.getsize(path) == 0:
         raise CorruptCheckpointError(f"{path}: the file is empty", path=path)
     if _is_torchscript_archive(path):

@@ -237,7 +237,8 @@ def _wrap_qtensor(fn: Any) -> Any:
             if not isinstance(n, int) or n < 0:
                 raise RefusedByAllowlist(f"quantized tensor size {size!r:.80} is not a list of sizes")
             numel *= n
-        nbytes = storage.nbytes() if hasattr(storage, "nbytes") else 0
+        untyped = getattr(storage, "_untyped_storage", storage)  # TypedStorage.nbytes() warns
+        nbytes = untyped.nbytes() if isinstance(untyped, torch.UntypedStorage) else 0
         if numel > 2 * nbytes + 2:
             raise RefusedByAllowlist(f"quantized tensor of {numel} elements over {nbytes} stored bytes: refused")
         return fn(storage, storage_offset, size, *args, **kwargs)
