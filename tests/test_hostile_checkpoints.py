@@ -134,7 +134,7 @@ def _bad_values(dense):
 
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*quantize:UserWarning", "ignore:.*nested tensors:UserWarning",
-                                      "ignore:.*quantized tensor:UserWarning")
+                                      "ignore:.*quantized tensor:UserWarning", "ignore:TypedStorage:UserWarning")
 
 BAD_VALUES = ["meta", "sparse", "quantized", "nested", "numpy", "list", "string", "placeholder", "complex", "integer"]
 
@@ -170,6 +170,14 @@ def test_set_classy_state_validates_in_memory_states(target, source, kind):
     with pytest.raises(InvalidValueError, match=rf"{KEY_RE} is") as info:
         target.set_classy_state(state)
     assert info.value.key == f"trunk.{KEY}" and unchanged(target, before)
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=lambda r: r.__name__)
+def test_keys_that_are_not_strings_are_refused(tmp_path, source, target, route):
+    trunk = dict(source.trunk.state_dict())
+    trunk[7] = trunk.pop(KEY)
+    path = vissl_file(str(tmp_path), source, trunk=trunk)
+    refused(target, route, path, CheckpointError, r"(ckpt\.torch|<classy state>).*not strings")
 
 
 def test_weights_init_through_build_model_is_refused_too(bad_value_files):

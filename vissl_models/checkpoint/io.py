@@ -361,6 +361,11 @@ def _finish(path: str, obj: Mapping[str, Any], layout: str, trunk: Dict[str, Any
             removed: Sequence[str] = (), files: Sequence[str] = (), placeholders: Sequence[str] = ()
             ) -> LoadedCheckpoint:
     refuse_placeholder_weights({"trunk": trunk, "heads": heads}, path)
+    for part, mapping in (("trunk", trunk), ("heads", heads)):
+        bad = [k for k in mapping if not isinstance(k, str)]
+        if bad:
+            raise CheckpointError(f"{path}: the {part} state dict has {len(bad)} key(s) that are not strings "
+                                  f"(e.g. a {type(bad[0]).__name__})", path=path)
     if not trunk and not heads:
         raise CheckpointError(f"{path}: the {layout} layout was recognised but it holds no weights")
     detected, arch = detect_key_layout(trunk.keys())
