@@ -246,7 +246,7 @@ def _read_source(source: Union[str, os.PathLike, Mapping]) -> dict:
     if "config" in data:
         inner = data["config"]
         if inner is not None and not isinstance(inner, Mapping):
-            raise ConfigError(f"{where}: 'config' must be a mapping of sections, got {type(inner).__name__} {inner!r}")
+            raise ConfigError(f"{where}: 'config' must be a mapping of sections, got {_short(inner)}")
         extra = set(data) - {"config", "defaults", *TOP_LEVEL_KEYS}
         if extra:
             raise ConfigError(f"{where}: top-level keys beside 'config' are not understood: {sorted(map(str, extra))}; "
@@ -266,12 +266,20 @@ def _lift_trunk_params(cfg: dict) -> None:
     trunk = model.get("TRUNK") if isinstance(model, Mapping) else None
     if isinstance(trunk, Mapping) and "TRUNK_PARAMS" in trunk:
         params = trunk.pop("TRUNK_PARAMS") or {}
+        if not isinstance(params, Mapping):
+            raise ConfigError(f"MODEL.TRUNK.TRUNK_PARAMS: is a section (a mapping of keys), got {_short(params)}")
         warnings.warn(
             "MODEL.TRUNK.TRUNK_PARAMS is the pre-1.0 VISSL layout; its sections were moved to "
             "MODEL.TRUNK", DeprecationWarning, stacklevel=3
         )
         for key, value in params.items():
             trunk[key] = value
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``type value`` for an error message, the value's text cut to ``limit`` characters."""
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= limit else text[:limit] + '...'}"
 
 
 def _nearest(key: str, candidates: Iterable[str]) -> str:
@@ -294,7 +302,7 @@ def _merge(base: dict, update: Mapping, path: str) -> None:
             continue
         current = base[key]
         if isinstance(current, dict) and value is not None and not isinstance(value, Mapping):
-            raise ConfigError(f"{full}: is a section (a mapping of keys), got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{full}: is a section (a mapping of keys), got {_short(value)}")
         if isinstance(current, dict) and isinstance(value, Mapping) and full not in OPEN_SECTIONS:
             _merge(current, value, full)
         elif isinstance(current, dict) and value is None:
