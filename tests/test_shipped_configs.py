@@ -1,4 +1,4 @@
-"""Every config in configs/ builds; the per-family showcase configs also run through the CLI."""
+"""Every config in vissl_models/configs/ builds; the per-family showcase configs also run through the CLI."""
 
 import io
 import os
