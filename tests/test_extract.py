@@ -360,3 +360,17 @@ def test_model_presets_reach_the_transform(images):
     bad = SimpleNamespace(pretrained_cfg=SimpleNamespace(channel_order="cmyk"))
     with pytest.raises(ValueError, match="channel_order"):
         extract.settings_for(bad)
+
+
+def test_torchvision_weights_give_torchvisions_features(images, config, tmp_path):
+    import torchvision
+
+    tv = torchvision.models.resnet18().eval()
+    path = tmp_path / "resnet18_torchvision.pth"
+    torch.save(tv.state_dict(), path)
+    result = extract_features(config, [images / "a.jpg"], weights=path, image_size=CROP, resize=RESIZE,
+                              progress=False)
+    assert "converted torchvision" in result.load_report.summary()
+    with torch.no_grad():
+        ref = torch.nn.Sequential(*list(tv.children())[:-1])(reference_batch([images / "a.jpg"])).flatten(1)
+    np.testing.assert_allclose(result.features["res5avg"], ref.numpy(), rtol=1e-4, atol=1e-5)
