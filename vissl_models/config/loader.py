@@ -205,27 +205,38 @@ def resolve_config(name: Union[str, os.PathLike]) -> str:
 def _read_yaml_file(path: str) -> Any:
     """Parse one YAML file; every way of failing is a ``ConfigError`` naming the file."""
     try:
-        info = os.stat(path)
+        # Opened without blocking and checked on the descriptor: a named pipe or a device is refused
+        # at once instead of waited on or read forever.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise ConfigNotFoundError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config {path}: is a folder, not a YAML file") from None
     except OSError as e:
         raise ConfigError(f"config {path}: cannot read it: {e.strerror or e}") from None
-    if stat.S_ISDIR(info.st_mode):
-        raise ConfigError(f"config {path}: is a folder, not a YAML file")
-    if not stat.S_ISREG(info.st_mode):
-        # A named pipe or device would block or never end.
-        raise ConfigError(f"config {path}: not a regular file")
-    if info.st_size > MAX_CONFIG_BYTES:
-        raise ConfigError(f"config {path}: {info.st_size:,} bytes; a config is at most {MAX_CONFIG_BYTES:,}")
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_CONFIG_BYTES + 1)
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise ConfigError(f"config {path}: is a folder, not a YAML file")
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"config {path}: not a regular file")
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config {path}: {info.st_size:,} bytes; a config is at most {MAX_CONFIG_BYTES:,}")
+        chunks, size = [], 0
+        while size <= MAX_CONFIG_BYTES:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
     except OSError as e:
         raise ConfigError(f"config {path}: cannot read it: {e.strerror or e}") from None
-    if len(raw) > MAX_CONFIG_BYTES:
+    finally:
+        os.close(fd)
+    if size > MAX_CONFIG_BYTES:
         raise ConfigError(f"config {path}: larger than {MAX_CONFIG_BYTES:,} bytes")
     try:
-        text = raw.decode("utf-8")
+        text = b"".join(chunks).decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(f"config {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     return parse_yaml(text, source=path)
