@@ -133,14 +133,14 @@ def run_extract(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO 
     if args.layers:
         layers = [n.strip() for n in args.layers.split(",") if n.strip()]
     names, features_of = feature_function(model, layers)
+    settings = preprocessing(model, args.crop, args.resize, args.mean, args.std, not args.no_normalize,
+                             args.interpolation, args.channel_order)
     if args.weights:
         report = load_weights(model, args.weights)
         print(f"weights    {args.weights}: {report.summary()}", file=out)
     else:
         report = None
         print(RANDOM_WEIGHTS_WARNING, file=err)
-    settings = preprocessing(model, args.crop, args.resize, args.mean, args.std, not args.no_normalize,
-                         args.interpolation, args.channel_order)
     try:
         result = run_extraction(model, paths, names, features_of, transform_from(settings),
                                 check_device(args.device), args.batch_size, args.num_workers,
