@@ -195,10 +195,7 @@ def test_module_entry_point_and_closed_pipe_end_quietly(tmp_path):
     err = proc.stderr.read().decode()
     proc.wait(timeout=120)
     assert "BrokenPipeError" not in err and "Traceback" not in err, err
-    assert proc.returncode in (0, 1)
-    done = subprocess.run([sys.executable, "-m", "vissl_models", "--version"], capture_output=True, text=True,
-                          env=env, cwd=tmp_path, timeout=120)
-    assert done.returncode == 0 and done.stdout.startswith("vissl-models ")
+    assert proc.returncode == 1  # the run stopped at the closed pipe, without a traceback
 
 
 def test_sigterm_during_the_write_leaves_no_temporary_file(tmp_path):

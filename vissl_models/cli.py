@@ -280,13 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Build a model from a config (plus overrides), optionally load weights, run it "
                        "on a synthetic input and report parameters, outputs and FLOPs.",
                        epilog=OVERRIDES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    s.add_argument("config", help="YAML config path, or a shipped config name (e.g. swav_resnet50)")
+    s.add_argument("config", metavar="CONFIG", help="YAML config path, or a shipped config name (e.g. swav_resnet50)")
     # Overrides (KEY=VALUE) may come anywhere after CONFIG; parse_args collects them.
     s.add_argument("--weights", help="checkpoint to load (any layout the loader knows); reports key coverage")
     s.add_argument("--strict", action="store_true", help="with --weights: fail unless every key matches")
-    s.add_argument("--crops", type=crops_spec, help="multi-crop input, e.g. 2x224,6x96 (count x size)")
-    s.add_argument("--input", type=input_spec, action="append", default=[], dest="inputs",
-                   help="KEY=NxCxHxW for multi-input models (repeatable), e.g. images=2x3x224x224")
+    s.add_argument("--crops", type=crops_spec, metavar="NxSIZE,...", help="multi-crop input, e.g. 2x224,6x96 (count x size)")
+    s.add_argument("--input", type=input_spec, action="append", default=[], dest="inputs", metavar="KEY=NxCxHxW",
+                   help="input shape (repeatable; one per input of a multi-input model), e.g. images=2x3x224x224")
     s.add_argument("--size", type=positive_int, help="input image size (default: what the trunk was trained at)")
     s.add_argument("--no-flops", action="store_true", help="skip the fvcore FLOP count")
     from .checkpoint.convert import add_convert_parser
@@ -365,8 +365,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return 1
-    except (ConfigError, CheckpointError, FileNotFoundError, PermissionError, IsADirectoryError,
-            NotADirectoryError, ValueError, KeyError) as e:
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except (ConfigError, CheckpointError, OSError, ValueError, KeyError) as e:
         print(f"{PROG}: error: {_error_text(e)}", file=sys.stderr)
         return 2
 
