@@ -79,7 +79,7 @@ class DINOLoss:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. config.MODEL.TRUNK.VISION_TRANSFORMERS.NUM_LAYERS=4")
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. " + _VIT + "NUM_LAYERS=4")
     parser.add_argument("--config", default=CONFIG)
     parser.add_argument("--full", action="store_true", help="keep the config's sizes (no CPU shrinking)")
     parser.add_argument("--iters", type=int, default=6)
