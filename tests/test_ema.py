@@ -139,6 +139,7 @@ def _check_update(rank, world, mode, result_dir):
     x = torch.randn(2, 3, 32, 32)
     wrapped(x)[0][0].square().mean().backward()
     opt.step()
+    ema(x)  # a teacher forward first: FSDP2 leaves the root unsharded after it
     m = ema.update(1)
     full = lambda t: t.full_tensor() if hasattr(t, "full_tensor") else t  # noqa: E731
     student_now = [full(p.detach()) for p in wrapped.parameters()]

@@ -147,7 +147,8 @@ def test_larc_flags_and_step():
     # LARC: grad <- (grad + wd * p) * trust * ||p|| / (||grad|| + wd * ||p|| + eps), weight decay folded in.
     p = nn.Parameter(torch.randn(4, 3))
     p.grad = torch.randn(4, 3)
-    expected = (p.grad + 0.1 * p.detach()) * (0.02 * p.detach().norm() / (p.grad.norm() + 0.1 * p.detach().norm() + 1e-8))
+    w = p.detach()
+    expected = (p.grad + 0.1 * w) * (0.02 * w.norm() / (p.grad.norm() + 0.1 * w.norm() + 1e-8))
     group = {"params": [p], "lr": 0.5, "weight_decay": 0.1, "larc": True}
     untouched = {"params": [nn.Parameter(torch.ones(2))], "lr": 0.5, "weight_decay": 0.1, "larc": False}
     untouched["params"][0].grad = torch.ones(2)

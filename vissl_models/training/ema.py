@@ -49,7 +49,21 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if hasattr(t, "to_local") else t
 
 
+def _reshard(model: nn.Module) -> None:
+    # FSDP2 leaves the root's parameters unsharded after a no-grad forward (no backward reshards
+    # them); the update works on shards, so bring every FSDP module back to its sharded state.
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch without FSDP2
+        return
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
+
+
 def _pairs(student: nn.Module, teacher: nn.Module) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    _reshard(student)
+    _reshard(teacher)
     s_named = list(student.named_parameters())
     t_named = list(teacher.named_parameters())
     if [n for n, _ in s_named] != [n for n, _ in t_named]:

@@ -78,7 +78,9 @@ def _unwrap(model: nn.Module) -> nn.Module:
 
 def _is_linear_or_conv(module: nn.Module) -> bool:
     # WeightNormLinear plays the part of the original's nn.utils.weight_norm(nn.Linear).
-    return isinstance(module, (nn.Linear, *_CONV_TYPES)) or (hasattr(module, "weight_g") and hasattr(module, "weight_v"))
+    if isinstance(module, (nn.Linear, *_CONV_TYPES)):
+        return True
+    return hasattr(module, "weight_g") and hasattr(module, "weight_v")
 
 
 def _is_norm(module: nn.Module) -> bool:
@@ -129,8 +131,9 @@ def _default_groups(model: nn.Module, cfg: AttrDict, v: Mapping[str, Any]) -> Li
     seen = set()
 
     def add(bucket: List[nn.Parameter], p: Optional[torch.Tensor]) -> None:
-        # A parameter shared by two modules (iBOT's tied prototypes) is grouped once.
-        if p is not None and id(p) not in seen:
+        # A parameter shared by two modules (iBOT's tied prototypes) is grouped once; a buffer
+        # in a parameter's place (dino_head_fsdp's frozen weight_g) is not a parameter at all.
+        if isinstance(p, nn.Parameter) and id(p) not in seen:
             seen.add(id(p))
             bucket.append(p)
 
