@@ -12,7 +12,7 @@ import torch
 from classy_vision.models import ClassyModel
 from torch import nn
 
-from .checkpoint.load import LoadReport, apply_weights_init, check_module_state, load_module_state
+from .checkpoint.load import LoadReport, apply_weights_init
 from .config import AttrDict, ConfigError, load_config
 from .feature_extractor import FeatureExtractorModel
 from .layers import convert_sync_batchnorm
@@ -234,6 +234,14 @@ class BaseSSLMultiInputOutputModel(ClassyModel):
         convert_sync_batchnorm(self, cfg.SYNC_BN_TYPE, process_group)
         return self
 
+    def get_optimizer_param_groups(self, optimizer_schedulers: Optional[Mapping[str, Any]] = None) -> List[Dict[str, Any]]:
+        """``torch.optim`` parameter groups from the OPTIMIZER config given to ``build_model``
+        (the defaults when none was), with the original's semantics; see
+        ``vissl_models.training.get_optimizer_param_groups``."""
+        from .training.optim import get_optimizer_param_groups
+
+        return get_optimizer_param_groups(self, self.model_config, self.optimizer_config, optimizer_schedulers)
+
     # ------------------------------------------------------------------ checkpoints
     def get_classy_state(self, deep_copy: bool = False) -> Dict[str, Any]:
         """``{"model": {"trunk": trunk.state_dict(), "heads": heads.state_dict()}}``."""
@@ -250,32 +258,26 @@ class BaseSSLMultiInputOutputModel(ClassyModel):
     def set_classy_state(self, state: Mapping[str, Any], strict_heads: bool = False) -> LoadReport:
         """Load ``state["model"]["trunk"]`` (strict) and ``["heads"]`` (partial allowed, reported).
 
-        Shapes are checked first, so a mismatching checkpoint raises without changing the model.
+        Every value is validated before the first copy and the copy is all or nothing: a bad
+        state raises a ``CheckpointError`` (``StateMismatchError`` for keys and shapes, also a
+        ``KeyError``) and leaves the model as it was.
         """
+        from .checkpoint.core import LoadPolicy, load_parts
+        from .checkpoint.errors import StateMismatchError
+
         try:
             trunk_state, heads_state = state["model"]["trunk"], state["model"]["heads"]
         except (KeyError, TypeError):
-            raise KeyError("set_classy_state expects {'model': {'trunk': ..., 'heads': ...}}") from None
-        # Check both parts before loading either, so a failure leaves the model as it was.
-        trunk_report = check_module_state(self.trunk, trunk_state, "trunk", strict=True)
-        heads_report = check_module_state(self.heads, heads_state, "heads", strict=strict_heads)
-        from .distributed.fsdp import is_sharded
-
-        if is_sharded(self):
-            # Full tensors into the shards (every rank passes the full state).
-            from .distributed.checkpoint import sharded_set_classy_state
-
-            sharded_set_classy_state(self, {"model": {
-                "trunk": {k: trunk_state[k] for k in trunk_report.loaded},
-                "heads": {k: heads_state[k] for k in heads_report.loaded}}})
-        else:
-            load_module_state(self.trunk, trunk_state, "trunk", strict=True, report=trunk_report)
-            load_module_state(self.heads, heads_state, "heads", strict=strict_heads, report=heads_report)
-        report = LoadReport(
-            loaded=[f"trunk.{k}" for k in trunk_report.loaded] + [f"heads.{k}" for k in heads_report.loaded],
-            missing=[f"heads.{k}" for k in heads_report.missing],
-            unexpected=[f"heads.{k}" for k in heads_report.unexpected],
-        )
+            raise StateMismatchError("set_classy_state expects {'model': {'trunk': ..., 'heads': ...}}",
+                                     path="<classy state>") from None
+        if not isinstance(trunk_state, Mapping) or not isinstance(heads_state, Mapping):
+            raise StateMismatchError("set_classy_state: 'trunk' and 'heads' must be state dicts, got "
+                                     f"{type(trunk_state).__name__} and {type(heads_state).__name__}",
+                                     path="<classy state>")
+        # One plan for both parts, validated before the first copy: a failure leaves the model as it was.
+        policy = LoadPolicy(strict=True, partial=() if strict_heads else ("heads.",), convert=False,
+                            advice="heads may be partial unless strict_heads=True; the trunk must match")
+        report = load_parts(self, trunk_state, heads_state, policy=policy, path="<classy state>")
         if not report.ok:
             logger.warning("set_classy_state: %s", report.summary())
         return report
@@ -293,25 +295,35 @@ class BaseSSLMultiInputOutputModel(ClassyModel):
         return report
 
     def load_checkpoint(self, path: str, strict_heads: bool = False, which: Optional[str] = None) -> LoadReport:
-        """Load a checkpoint file (any layout ``load_checkpoint`` knows) through ``set_classy_state``:
-        trunk strict, heads partial unless ``strict_heads``. ``which``: teacher/student/ema."""
+        """Load a checkpoint file (any layout ``load_checkpoint`` knows) with ``set_classy_state``'s
+        policy: trunk strict, heads partial unless ``strict_heads``; weights that belong to neither
+        are not used. ``which``: teacher/student/ema. Validated first, all or nothing."""
+        from .checkpoint.core import LoadPolicy, load_parts
         from .checkpoint.io import load_checkpoint
 
-        return self.set_classy_state(load_checkpoint(path, which=which).classy_state(), strict_heads=strict_heads)
+        loaded = load_checkpoint(path, which=which)
+        policy = LoadPolicy(strict=True, partial=() if strict_heads else ("heads.",),
+                            advice="heads may be partial unless strict_heads=True; the trunk must match")
+        return load_parts(self, loaded.trunk, loaded.heads, policy=policy, path=loaded.path,
+                          checkpoint=loaded.describe())
 
     def load_weights(self, loaded_or_path: Any, strict: bool = True, skip: Sequence[str] = (),
-                     which: Optional[str] = None) -> LoadReport:
+                     which: Optional[str] = None, partial: Sequence[str] = ()) -> LoadReport:
         """Load a ``LoadedCheckpoint``, a checkpoint path or a checkpoint dict into this model.
 
         Every key is checked before anything changes. ``strict=True``: any missing, unexpected or
         shape-mismatched key raises ``StateMismatchError`` (a ``CheckpointError`` whose ``report``
         lists them) and the model is left as it was. ``strict=False``: what fits is loaded and the
         rest reported. Keys containing any ``skip`` entry (e.g. ``"heads."``,
-        ``"num_batches_tracked"``) are left alone on purpose and listed in ``report.skipped``.
+        ``"num_batches_tracked"``) are left alone on purpose and listed in ``report.skipped``; keys
+        under a ``partial`` prefix (``("heads.",)``) may be missing or unexpected (reported). Every
+        value is validated before the first copy and the copy is all or nothing. A torchvision,
+        timm or classy_vision trunk is converted on the fly when that matches the model
+        (``report.converted``). This is the one door every loading route goes through.
         """
         from .checkpoint.load import load_weights
 
-        return load_weights(self, loaded_or_path, strict=strict, skip=skip, which=which)
+        return load_weights(self, loaded_or_path, strict=strict, skip=skip, which=which, partial=partial)
 
 
 def build_model(

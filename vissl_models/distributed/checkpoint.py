@@ -55,20 +55,6 @@ def sharded_get_classy_state(model: nn.Module, rank0_only: bool = True) -> Dict[
     return _split_trunk_heads(flat)
 
 
-def load_full_state(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
-    """Load full (unsharded) tensors keyed like the unsharded model (``trunk.*``, ``heads.*``) into a
-    sharded model; keys absent from ``state`` are left as they are. Every rank passes the state."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-    set_model_state_dict(model, dict(state), options=StateDictOptions(full_state_dict=True, strict=False))
-
-
-def sharded_set_classy_state(model: nn.Module, state: Mapping[str, Any]) -> None:
-    """Load a full ``{"model": {"trunk": ..., "heads": ...}}`` state into a sharded model (no checks;
-    ``BaseSSLMultiInputOutputModel.set_classy_state`` checks keys and shapes first)."""
-    load_full_state(model, _flat_classy(state))
-
-
 # ---------------------------------------------------------------------------------------------- DCP
 def save_dcp(model: nn.Module, dcp_dir: str) -> None:
     """Save the model state with ``torch.distributed.checkpoint`` (each rank writes its shards).

@@ -7,10 +7,10 @@ not import optional dependencies (timm) at import time: do it inside the builder
 import importlib
 import pkgutil
 
-from .base import FeatureTrunk, TrunkCommon, forward_feature_blocks, resolve_feature_names
+from .base import FeatureInfo, FeatureTrunk, Trunk, TrunkCommon, forward_feature_blocks, resolve_feature_names
 
 for _info in pkgutil.iter_modules(__path__):
     if not _info.name.startswith("_") and _info.name != "base":
         importlib.import_module(f"{__name__}.{_info.name}")
 
-__all__ = ["FeatureTrunk", "TrunkCommon", "forward_feature_blocks", "resolve_feature_names"]
+__all__ = ["FeatureInfo", "FeatureTrunk", "Trunk", "TrunkCommon", "forward_feature_blocks", "resolve_feature_names"]

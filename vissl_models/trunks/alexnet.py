@@ -12,16 +12,15 @@ several requested features come back in the order they were asked for.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Tuple
 
 import torch
 from torch import nn
 
-from ..config import ConfigError
 from ..layers import Flatten, input_channels, transform_input_type
 from ..registry import register_model_trunk
-from .base import FeatureTrunk, TrunkCommon, forward_feature_blocks
+from .base import FeatureInfo, FeatureTrunk, TrunkCommon, map_info
 
 FEATURE_NAMES = ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5", "flatten")
 
@@ -138,12 +137,29 @@ def sobel_filter() -> nn.Sequential:
     return module
 
 
+def alexnet_feature_info(arch: AlexNetArch) -> List[FeatureInfo]:
+    """Public features of an AlexNet variant; every max-pool halves the resolution."""
+    c1, c2, c3, c4, c5 = arch.convs
+    r = c1.stride
+    rows = [
+        ("conv1", c1.out_channels, r), ("pool1", c1.out_channels, 2 * r),
+        ("conv2", c2.out_channels, 2 * r), ("pool2", c2.out_channels, 4 * r),
+        ("conv3", c3.out_channels, 4 * r), ("conv4", c4.out_channels, 4 * r), ("conv5", c5.out_channels, 4 * r),
+        ("pool5", c5.out_channels, 8 * r),
+        ("flatten", c5.out_channels, 8 * r),  # Flatten(dim=-1) keeps pool5's map
+    ]
+    return [map_info(name, c, red, str(i)) for i, (name, c, red) in enumerate(rows)]
+
+
 class AlexNet(FeatureTrunk):
     """An AlexNet variant described by ``arch`` (see ``ARCHS``).
 
     Feature names: ``conv1, pool1, conv2, pool2, conv3, conv4, conv5, pool5, flatten`` (the last
-    is the default); the block indices ``"0"``..``"8"`` are accepted too.
+    is the default, a map as in the original); the block indices ``"0"``..``"8"`` are accepted too.
+    Intermediates are the five convolutions.
     """
+
+    requested_order = True  # the original AlexNets return features in the order asked
 
     def __init__(self, arch: AlexNetArch, common: TrunkCommon = TrunkCommon()) -> None:
         super().__init__(common)
@@ -153,32 +169,26 @@ class AlexNet(FeatureTrunk):
             in_channels = 2
         else:
             self.sobel = None
-            in_channels = input_channels(common.input_type)
+            in_channels = input_channels(common.stem_input_type)
         self._feature_blocks = nn.ModuleDict((str(i), b) for i, b in enumerate(alexnet_blocks(in_channels, arch)))
         self.feat_eval_mapping = {name: str(i) for i, name in enumerate(FEATURE_NAMES)}
+        self.feature_info = alexnet_feature_info(arch)
+        self.default_feature = "flatten"
+        self.final_feature = "pool5"
+        self.intermediate_features = ["conv1", "conv2", "conv3", "conv4", "conv5"]
 
-    def forward(self, x: torch.Tensor, out_feat_keys: Optional[Sequence[str]] = None) -> List[torch.Tensor]:
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         x = transform_input_type(x, self.input_type)
-        if self.sobel is not None:
-            x = self.sobel(x)
-        # The original AlexNets return features in the order asked, duplicates or not.
-        return forward_feature_blocks(
-            x, self._feature_blocks, out_feat_keys, self.feat_eval_mapping, self.checkpointing_splits,
-            requested_order=True,
-        )
+        return self.sobel(x) if self.sobel is not None else x
 
 
 def _build(name: str, model_config: Mapping) -> AlexNet:
-    common = TrunkCommon.from_config(model_config)
     if name == "alexnet_colorization":
-        if common.input_type != "lab":
-            raise ConfigError(
-                f"MODEL.INPUT_TYPE: got {common.input_type!r}, but alexnet_colorization takes only 'lab' input"
-            )
+        common = TrunkCommon.from_config(model_config, name, ("lab",))
     else:
         # The original's other AlexNets take the 3-channel input as given whatever INPUT_TYPE says
         # (one of its configs runs alexnet_deepcluster on Lab images), so INPUT_TYPE is not applied.
-        common = replace(common, input_type="rgb")
+        common = TrunkCommon.from_config(model_config, name, apply_input_type=False)
     return AlexNet(ARCHS[name], common)
 
 

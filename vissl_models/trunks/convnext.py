@@ -11,7 +11,7 @@ here a non-rgb input type is an error and checkpointing is applied.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -19,10 +19,10 @@ from torch import nn
 from ..config import options as opt
 from ..config.loader import ConfigError
 from ..layers import ChannelsLayerNorm2d, trunc_normal_
-from ..layers.checkpointing import checkpoint_sequential_without_bn_double_update
+from ..layers.checkpointing import checkpoint_sequential_without_bn_double_update, checkpoint_without_bn_double_update
 from ..layers.drop import drop_path_rates, optional_drop_path
 from ..registry import register_model_trunk
-from .base import TrunkCommon, requested_features
+from .base import Trunk, TrunkCommon, requested_features, take_indices, vector_info
 
 LN_EPS = 1e-6
 # The original ignores out_feat_keys and always returns the normalised pooled feature; its
@@ -41,17 +41,16 @@ class ConvNeXtOptions:
 
     @classmethod
     def from_config(cls, section: Mapping) -> "ConvNeXtOptions":
-        key = "MODEL.TRUNK.CONVNEXT."
-        depths = opt.as_int_list(key + "DEPTH", section["DEPTH"], min_len=4)
-        dims = opt.as_int_list(key + "DIMS", section["DIMS"], min_len=4)
-        for name, values in (("DEPTH", depths), ("DIMS", dims)):
-            if len(values) != 4 or min(values) < 1:
-                raise ConfigError(f"{key}{name}: got {values}, expected 4 positive integers (one per stage)")
-        return cls(
-            depths=tuple(depths),
-            dims=tuple(dims),
-            drop_path_rate=opt.as_float(key + "DROP_PATH_RATE", section["DROP_PATH_RATE"], minimum=0.0),
-        )
+        fields = [("depth", _four_positive), ("dims", _four_positive), ("drop_path_rate", opt.non_negative_float)]
+        values = opt.read_options(section, "MODEL.TRUNK.CONVNEXT.", fields)
+        return cls(depths=values["depth"], dims=values["dims"], drop_path_rate=values["drop_path_rate"])
+
+
+def _four_positive(key: str, value) -> Tuple[int, int, int, int]:
+    values = opt.as_int_list(key, value, min_len=4)
+    if len(values) != 4 or min(values) < 1:
+        raise ConfigError(f"{key}: got {values}, expected 4 positive integers (one per stage)")
+    return tuple(values)
 
 
 class ConvNeXtBlock(nn.Module):
@@ -81,19 +80,23 @@ class ConvNeXtBlock(nn.Module):
         return x + self.drop_path(y.permute(0, 3, 1, 2))
 
 
-class ConvNeXt(nn.Module):
+class ConvNeXt(Trunk):
     """ConvNeXt (Liu et al., 2022) returning the LayerNorm of the globally pooled last stage.
 
-    The output is one ``N x dims[-1]`` tensor. ``out_feat_keys`` may be empty or name
-    ``lastCLS`` (one copy of the feature per name). With activation checkpointing, the
-    downsampling layers and blocks are recomputed in ``checkpointing_splits`` segments.
+    The output is one ``N x dims[-1]`` tensor, the only public feature (``lastCLS``, the default).
+    ``out_feat_keys`` may be empty or name ``lastCLS`` (one copy of the feature per name).
+    ``forward_features`` is the last stage's map and ``forward_intermediates`` the four stages.
+    With activation checkpointing, the downsampling layers and blocks are recomputed in
+    ``checkpointing_splits`` segments (by stage in ``forward_intermediates``).
     """
 
     def __init__(self, options: ConvNeXtOptions = ConvNeXtOptions(), common: TrunkCommon = TrunkCommon()) -> None:
-        super().__init__()
+        super().__init__(common)
         self.options = options
         depths, dims = options.depths, options.dims
-        self.checkpointing_splits = common.checkpointing_splits if common.use_checkpointing else 0
+        self.feature_info = [vector_info("lastCLS", dims[-1], "norm")]
+        self.default_feature = "lastCLS"
+        self.intermediate_features = ["stage0", "stage1", "stage2", "stage3"]
         self.downsample_layers = nn.ModuleList(
             [nn.Sequential(nn.Conv2d(3, dims[0], kernel_size=4, stride=4), ChannelsLayerNorm2d(dims[0], eps=LN_EPS))]
         )
@@ -126,34 +129,60 @@ class ConvNeXt(nn.Module):
             trunc_normal_(m.weight, std=0.02)
             nn.init.zeros_(m.bias)
 
-    @property
-    def feature_names(self) -> List[str]:
-        """Names accepted in ``out_feat_keys``."""
-        return list(FEATURE_NAMES)
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The normalised global average of the last stage, ``N x dims[-1]``."""
-        if self.checkpointing_splits > 0 and torch.is_grad_enabled():
+        """The last stage's feature map, ``N x dims[-1] x H/32 x W/32``."""
+        if self.grad_checkpointing and torch.is_grad_enabled():
             modules = [m for i in range(4) for m in (self.downsample_layers[i], *self.stages[i])]
             splits = min(self.checkpointing_splits, len(modules))
-            x = checkpoint_sequential_without_bn_double_update(modules, splits, x)
-        else:
-            for i in range(4):
+            return checkpoint_sequential_without_bn_double_update(modules, splits, x)
+        for i in range(4):
+            x = self.stages[i](self.downsample_layers[i](x))
+        return x
+
+    def pooled_features(self, x: torch.Tensor) -> torch.Tensor:
+        """``lastCLS``: the normalised global average of the last stage, ``N x dims[-1]``."""
+        return self.norm(self.forward_features(x).mean(dim=(-2, -1)))
+
+    def feature_dict(self, x: torch.Tensor, names: Optional[Sequence[str]] = None) -> Dict[str, torch.Tensor]:
+        names = list(names) if names else [self.default_feature]
+        self.check_feature_names(names)
+        return {name: out for name, out in zip(names, [self.pooled_features(x)] * len(names))}
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Optional[Union[int, Sequence[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = True,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ):
+        if output_fmt not in ("NCHW", "NHWC"):
+            raise ValueError(f"output_fmt: got {output_fmt!r}, expected 'NCHW' or 'NHWC'")
+        taken, last = take_indices(4, indices)
+        checkpointed = self.grad_checkpointing and torch.is_grad_enabled()
+        out = []
+        for i in range(last + 1 if stop_early or intermediates_only else 4):
+            if checkpointed:
+                x = checkpoint_without_bn_double_update([self.downsample_layers[i], self.stages[i]], x)
+            else:
                 x = self.stages[i](self.downsample_layers[i](x))
-        return self.norm(x.mean(dim=(-2, -1)))
+            if i in taken:
+                out.append(x.permute(0, 2, 3, 1) if output_fmt == "NHWC" else x)
+        if intermediates_only:
+            return out
+        return x, out
 
     def forward(self, x: torch.Tensor, out_feat_keys: Optional[Sequence[str]] = None) -> List[torch.Tensor]:
         names = requested_features(
             "convnext", out_feat_keys, FEATURE_NAMES, note="(its only output is the normalised pooled last stage)"
         )
-        out = self.forward_features(x)
+        out = self.pooled_features(x)
         return [out for _ in names]
 
 
 @register_model_trunk("convnext")
 def build_convnext(model_config: Mapping, model_name: str = "convnext") -> ConvNeXt:
     """Build the ``convnext`` trunk from ``MODEL`` (reads ``TRUNK.CONVNEXT`` and the common options)."""
-    common = TrunkCommon.from_config(model_config)
-    if common.input_type != "rgb":
-        raise ConfigError(f"MODEL.INPUT_TYPE: got {common.input_type!r}, trunk 'convnext' takes 'rgb' input only")
+    common = TrunkCommon.from_config(model_config, model_name, ("rgb",))
     return ConvNeXt(ConvNeXtOptions.from_config(model_config["TRUNK"]["CONVNEXT"]), common)

@@ -12,7 +12,8 @@ order), ``conv_final`` (head conv, BN, swish), ``avgpool``, ``flatten`` and ``dr
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Mapping, Optional, Sequence
+from functools import partial
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import torch
 from torch import nn
@@ -20,8 +21,9 @@ from torch import nn
 from ..config import ConfigError
 from ..config import options as opt
 from ..layers import Flatten
+from ..layers.checkpointing import checkpoint_without_bn_double_update
 from ..registry import register_model_trunk
-from .base import TrunkCommon, resolve_feature_names
+from .base import FeatureTrunk, TrunkCommon, map_info, vector_info
 
 SECTION = "MODEL.TRUNK.EFFICIENT_NETS"
 MODEL_VERSIONS = ("B0", "B1", "B2", "B3", "B4", "B5", "B6", "B7")
@@ -74,14 +76,20 @@ class EfficientNetOptions:
         )
 
 
-class EfficientNet(nn.Module):
+class EfficientNet(FeatureTrunk):
     """classy_vision's EfficientNet with its layers exposed as feature blocks (classifier dropped).
 
     Block ``i`` of ``N`` drops its residual branch with rate ``drop_connect_rate * i / N`` in training.
+    The default feature is ``flatten`` (the pooled vector); ``forward`` without names returns the
+    last block (``dropout`` when the model version has one), as the original. Intermediates are the
+    last block of each resolution (timm's EfficientNet feature levels). With grad checkpointing
+    each block is recomputed on its own in backward.
     """
 
-    def __init__(self, options: EfficientNetOptions = EfficientNetOptions()) -> None:
-        super().__init__()
+    requested_order = True  # the original returned features in the order asked
+
+    def __init__(self, options: EfficientNetOptions = EfficientNetOptions(), common: TrunkCommon = TrunkCommon()) -> None:
+        super().__init__(common)
         from classy_vision.models.efficientnet import MODEL_PARAMS
         from classy_vision.models.efficientnet import EfficientNet as ClassyEfficientNet
 
@@ -113,34 +121,52 @@ class EfficientNet(nn.Module):
         rate = options.drop_connect_rate
         self._drop_rates: List[Optional[float]] = [None] + [rate * i / self.num_blocks for i in range(self.num_blocks)]
         self._drop_rates += [None] * (len(self._feature_blocks) - len(self._drop_rates))
+        self._set_contract(model.conv_stem.out_channels, mb_blocks, model.conv_head.out_channels)
 
-    @property
-    def feature_names(self) -> List[str]:
-        """Names accepted in ``out_feat_keys``."""
-        return list(self._feature_blocks.keys())
+    def _set_contract(self, stem_width: int, mb_blocks: Sequence[nn.Module], head_width: int) -> None:
+        reduction = 2  # the stem conv
+        info = [map_info("conv1", stem_width, reduction, "conv1")]
+        level_end = {}
+        for i, block in enumerate(mb_blocks):
+            reduction *= block.stride
+            info.append(map_info(f"block{i}", block.output_filters, reduction, f"block{i}"))
+            level_end[reduction] = f"block{i}"
+        info.append(map_info("conv_final", head_width, reduction, "conv_final"))
+        info.append(map_info("avgpool", head_width, None, "avgpool"))
+        info.append(vector_info("flatten", head_width, "flatten"))
+        if "dropout" in self._feature_blocks:
+            info.append(vector_info("dropout", head_width, "dropout"))
+        self.feature_info = info
+        self.default_feature = "flatten"
+        self.final_feature = "conv_final"
+        self.intermediate_features = list(level_end.values())
 
-    def forward(self, x: torch.Tensor, out_feat_keys: Optional[Sequence[str]] = None) -> List[torch.Tensor]:
+    def feature_dict(self, x: torch.Tensor, names: Optional[Sequence[str]] = None) -> Dict[str, torch.Tensor]:
         # The original ignores MODEL.INPUT_TYPE here ('bgr' is accepted but the input is not flipped).
-        names = list(self._feature_blocks.keys())
-        wanted, last = resolve_feature_names(out_feat_keys, names, {})
-        found = {}
-        for name, rate in zip(names[: last + 1], self._drop_rates):
+        names = list(names) if names else [self.default_feature]
+        wanted = set(self._blocks_for(names))
+        checkpointed = self.grad_checkpointing and torch.is_grad_enabled()
+        found: Dict[str, torch.Tensor] = {}
+        for name, rate in zip(self._feature_blocks.keys(), self._drop_rates):
             block = self._feature_blocks[name]
-            x = block(x) if rate is None else block(x, drop_connect_rate=rate)
+            if rate is None:
+                x = checkpoint_without_bn_double_update(block, x) if checkpointed else block(x)
+            elif checkpointed:
+                x = checkpoint_without_bn_double_update(partial(block, drop_connect_rate=rate), x, modules=[block])
+            else:
+                x = block(x, drop_connect_rate=rate)
             if name in wanted:
                 found[name] = x
-        return [found[n] for n in wanted]
+                if len(found) == len(wanted):
+                    break
+        return {n: found[n] for n in names}
 
 
 @register_model_trunk("efficientnet")
 def build_efficientnet(model_config: Mapping, model_name: str = "efficientnet") -> EfficientNet:
-    """Build the ``efficientnet`` trunk from ``MODEL`` (reads ``TRUNK.EFFICIENT_NETS``)."""
-    common = TrunkCommon.from_config(model_config)
-    if common.input_type not in ("rgb", "bgr"):
-        raise ConfigError(f"MODEL.INPUT_TYPE: the efficientnet trunk takes 'rgb' or 'bgr', got {common.input_type!r}")
-    if common.use_checkpointing:
-        raise ConfigError(
-            "MODEL.ACTIVATION_CHECKPOINTING.USE_ACTIVATION_CHECKPOINTING: the efficientnet trunk has no "
-            "activation checkpointing (the original ignored this option)"
-        )
-    return EfficientNet(EfficientNetOptions.from_config(model_config["TRUNK"]["EFFICIENT_NETS"]))
+    """Build the ``efficientnet`` trunk from ``MODEL`` (reads ``TRUNK.EFFICIENT_NETS`` and the common options).
+
+    ``MODEL.INPUT_TYPE`` may be ``rgb`` or ``bgr`` and, as in the original, is not applied.
+    """
+    common = TrunkCommon.from_config(model_config, model_name, ("rgb", "bgr"), apply_input_type=False)
+    return EfficientNet(EfficientNetOptions.from_config(model_config["TRUNK"]["EFFICIENT_NETS"]), common)

@@ -28,7 +28,7 @@ from ..config import ConfigError
 from ..config import options as opt
 from ..layers import Flatten
 from ..registry import register_model_trunk
-from .base import FeatureTrunk, TrunkCommon
+from .base import FeatureInfo, FeatureTrunk, TrunkCommon, map_info, vector_info
 
 SECTION = "MODEL.TRUNK.REGNET"
 
@@ -252,10 +252,37 @@ class RegNetOptions:
         raise ValueError(f"a named RegNet ({self.name!r}) is built by classy_vision from its name")
 
 
-def check_regnet_input_type(common: TrunkCommon, trunk_name: str) -> None:
-    """The RegNet stems take 3 channels: ``rgb`` or ``bgr`` only."""
-    if common.input_type not in ("rgb", "bgr"):
-        raise ConfigError(f"MODEL.INPUT_TYPE: the {trunk_name} trunk takes 'rgb' or 'bgr', got {common.input_type!r}")
+#: The RegNet stems take 3 channels.
+REGNET_INPUT_TYPES = ("rgb", "bgr")
+
+
+def _stride(module: nn.Module) -> int:
+    s = module.stride
+    return s[0] if isinstance(s, tuple) else s
+
+
+def regnet_feature_info(blocks: nn.ModuleDict) -> List[FeatureInfo]:
+    """Public features of RegNet ``blocks`` (see :func:`regnet_feature_blocks`), read off the modules.
+
+    A stage's width is the size of its last BatchNorm (every classy_vision block ends with one)
+    and its stride the largest conv stride in it; the stem's stride is the product of its conv and
+    pooling strides.
+    """
+    def last_bn_width(module: nn.Module) -> int:
+        return [m for m in module.modules() if isinstance(m, nn.BatchNorm2d)][-1].num_features
+
+    names = list(blocks.keys())
+    stem = blocks["conv1"]
+    reduction = 1
+    for m in stem.modules():
+        if isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
+            reduction *= _stride(m)
+    info = [map_info("conv1", last_bn_width(stem), reduction, "conv1")]
+    for name in names[1:-2]:
+        reduction *= max(_stride(m) for m in blocks[name].modules() if isinstance(m, nn.Conv2d))
+        info.append(map_info(name, last_bn_width(blocks[name]), reduction, name))
+    width = info[-1].channels
+    return info + [map_info("avgpool", width, None, "avgpool"), vector_info("flatten", width, "flatten")]
 
 
 def regnet_feature_blocks(stem: nn.Module, stages: List[Tuple[str, nn.Module]]) -> nn.ModuleDict:
@@ -270,17 +297,25 @@ def regnet_feature_blocks(stem: nn.Module, stages: List[Tuple[str, nn.Module]]) 
     return nn.ModuleDict(blocks)
 
 
+def set_regnet_contract(trunk: FeatureTrunk) -> None:
+    """The contract attributes shared by the RegNet trunks, from their ``_feature_blocks``."""
+    trunk.feature_info = regnet_feature_info(trunk._feature_blocks)
+    stages = [f.name for f in trunk.feature_info if f.name.startswith("res")]
+    trunk.default_feature = "flatten"
+    trunk.final_feature = stages[-1]
+    trunk.intermediate_features = ["conv1"] + stages
+
+
 class RegNet(FeatureTrunk):
     """RegNet / AnyNet from classy_vision, its stem and stages exposed as feature blocks.
 
     Feature names: ``conv1, res2, res3, res4, res5, avgpool, flatten`` (more ``res`` for AnyNets
-    with more stages). classy_vision builds and initialises the network; only its stem and stages
-    are kept.
+    with more stages); the default feature is ``flatten``. classy_vision builds and initialises the
+    network; only its stem and stages are kept.
     """
 
     def __init__(self, options: RegNetOptions, common: TrunkCommon = TrunkCommon()) -> None:
         super().__init__(common)
-        check_regnet_input_type(common, "regnet")
         from classy_vision.models import AnyNet, build_model
         from classy_vision.models import RegNet as ClassyRegNet
 
@@ -293,9 +328,11 @@ class RegNet(FeatureTrunk):
             model = ClassyRegNet(options.classy_params())
         self.trunk_depth = model.trunk_depth
         self._feature_blocks = regnet_feature_blocks(model.stem, list(model.trunk_output.named_children()))
+        set_regnet_contract(self)
 
 
 @register_model_trunk("regnet")
 def build_regnet(model_config: Mapping, model_name: str = "regnet") -> RegNet:
     """Build the ``regnet`` trunk from ``MODEL`` (reads ``TRUNK.REGNET`` and the common options)."""
-    return RegNet(RegNetOptions.from_config(model_config["TRUNK"]["REGNET"]), TrunkCommon.from_config(model_config))
+    common = TrunkCommon.from_config(model_config, "regnet", REGNET_INPUT_TYPES)
+    return RegNet(RegNetOptions.from_config(model_config["TRUNK"]["REGNET"]), common)

@@ -24,21 +24,40 @@ from ..config import ConfigError
 from ..registry import register_model_trunk
 from ..layers.checkpointing import checkpoint_without_bn_double_update
 from .base import FeatureTrunk, TrunkCommon
-from .regnet import SECTION, RegNetOptions, check_regnet_input_type, regnet_feature_blocks
+from .regnet import REGNET_INPUT_TYPES, SECTION, RegNetOptions, regnet_feature_blocks, set_regnet_contract
+
+
+def _he_normal_fan_out(conv: nn.Conv2d) -> None:
+    # He et al. with fan-out over the kernel area times all output channels (groups not divided out).
+    fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
+    nn.init.normal_(conv.weight, mean=0.0, std=math.sqrt(2.0 / fan_out))
+
+
+def _small_normal_linear(linear: nn.Linear) -> None:
+    nn.init.normal_(linear.weight, mean=0.0, std=0.01)
+    nn.init.zeros_(linear.bias)
+
+
+def _unit_affine(bn: nn.BatchNorm2d) -> None:
+    nn.init.ones_(bn.weight)
+    nn.init.zeros_(bn.bias)
+
+
+_INITIALISERS = ((nn.Conv2d, _he_normal_fan_out), (nn.BatchNorm2d, _unit_affine), (nn.Linear, _small_normal_linear))
 
 
 def init_regnet_weights(module: nn.Module) -> None:
-    """classy_vision's RegNet init: conv N(0, sqrt(2 / fan_out)), BN (1, 0), linear N(0, 0.01)."""
+    """Initialise ``module`` as classy_vision initialises a RegNet.
+
+    Convolutions draw from a zero-mean normal scaled for ReLU by fan-out, BatchNorms start as the
+    identity, and linear layers draw small weights (std 0.01) with zero bias. Submodules are visited
+    in ``modules()`` order, so a given seed draws the same values.
+    """
     for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-            nn.init.normal_(m.weight, mean=0.0, std=math.sqrt(2.0 / fan_out))
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, mean=0.0, std=0.01)
-            nn.init.zeros_(m.bias)
+        for kind, init in _INITIALISERS:
+            if isinstance(m, kind):
+                init(m)
+                break
 
 
 class BlockGroup(nn.Sequential):
@@ -170,20 +189,24 @@ def build_regnet_v2_blocks(options: RegNetOptions, use_checkpointing: bool) -> T
 class RegNetV2(FeatureTrunk):
     """The original's RegNet build with block groups (``regnet_v2``; ``regnet_fsdp`` without FSDP).
 
-    Feature names: ``conv1, res2, res3, res4, res5, avgpool, flatten``. ``trunk_checkpointing``
-    False (``regnet_fsdp``) leaves activation checkpointing to the block groups only.
+    Feature names: ``conv1, res2, res3, res4, res5, avgpool, flatten`` (default ``flatten``).
+    Weights are drawn from ``common.init_seed`` (``MODEL._MODEL_INIT_SEED``), not the global RNG.
+
+    Checkpointing from the config follows the original: the block groups checkpoint as
+    ``stage_checkpointing`` (else ``USE_ACTIVATION_CHECKPOINTING``) says, and ``regnet_v2`` also
+    cuts the whole trunk into ``NUM_ACTIVATION_CHECKPOINTING_SPLITS`` segments
+    (``trunk_checkpointing``; ``regnet_fsdp`` does not). ``set_grad_checkpointing(enable)`` then
+    switches every block group on or off and leaves the trunk-wide segments off.
     """
 
     def __init__(
         self,
         options: RegNetOptions,
         common: TrunkCommon = TrunkCommon(),
-        seed: int = 0,
         trunk_checkpointing: bool = True,
         trunk_name: str = "regnet_v2",
     ) -> None:
         super().__init__(common)
-        check_regnet_input_type(common, trunk_name)
         if options.kind == "named":
             raise ConfigError(
                 f"{SECTION}.name: the {trunk_name} trunk takes 'anynet' or the explicit RegNet parameters "
@@ -191,19 +214,25 @@ class RegNetV2(FeatureTrunk):
                 "trunk for named models"
             )
         self.options = options
-        if not trunk_checkpointing:
-            self.checkpointing_splits = 0
-        # Built from its own seed (MODEL._MODEL_INIT_SEED) so its weights do not depend on the RNG state.
+        self.grad_checkpointing = common.use_checkpointing and trunk_checkpointing
+        # Built from its own seed so its weights do not depend on the RNG state.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.manual_seed(common.init_seed)
             self._feature_blocks, self.trunk_depth = build_regnet_v2_blocks(options, common.use_checkpointing)
+        set_regnet_contract(self)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Checkpoint every block group (``enable``) or none; trunk-wide segments are switched off."""
+        self.grad_checkpointing = False
+        for m in self.modules():
+            if isinstance(m, BlockGroup):
+                m.checkpointed = bool(enable)
 
 
 def _build(model_config: Mapping, model_name: str, trunk_checkpointing: bool) -> RegNetV2:
     return RegNetV2(
         RegNetOptions.from_config(model_config["TRUNK"]["REGNET"], allow_stage_checkpoints=True),
-        TrunkCommon.from_config(model_config),
-        seed=int(model_config.get("_MODEL_INIT_SEED", 0)),
+        TrunkCommon.from_config(model_config, model_name, REGNET_INPUT_TYPES),
         trunk_checkpointing=trunk_checkpointing,
         trunk_name=model_name,
     )

@@ -7,14 +7,14 @@ their keys get the ``_feature_blocks.`` prefix.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import List, Mapping
 
 from torch import nn
 
 from ..config import options as opt
 from ..layers import NORM_NAMES, Flatten, get_norm, input_channels, standardize_convolutions
 from ..registry import register_model_trunk
-from .base import FeatureTrunk, TrunkCommon
+from .base import FeatureInfo, FeatureTrunk, TrunkCommon, map_info, vector_info
 
 # depth -> (blocks per stage, bottleneck?)
 BLOCK_CONFIG = {
@@ -54,27 +54,42 @@ class ResNetOptions:
 
     @classmethod
     def from_config(cls, section: Mapping) -> "ResNetOptions":
-        key = "MODEL.TRUNK.RESNETS."
-        return cls(
-            depth=opt.choice(key + "DEPTH", section["DEPTH"], sorted(BLOCK_CONFIG)),
-            width_multiplier=opt.as_int(key + "WIDTH_MULTIPLIER", section["WIDTH_MULTIPLIER"], minimum=1),
-            norm=opt.choice(key + "NORM", section["NORM"], NORM_NAMES),
-            groupnorm_groups=opt.as_int(key + "GROUPNORM_GROUPS", section["GROUPNORM_GROUPS"], minimum=1),
-            standardize_convolutions=opt.as_bool(
-                key + "STANDARDIZE_CONVOLUTIONS", section["STANDARDIZE_CONVOLUTIONS"]
-            ),
-            groups=opt.as_int(key + "GROUPS", section["GROUPS"], minimum=1),
-            zero_init_residual=opt.as_bool(key + "ZERO_INIT_RESIDUAL", section["ZERO_INIT_RESIDUAL"]),
-            width_per_group=opt.as_int(key + "WIDTH_PER_GROUP", section["WIDTH_PER_GROUP"], minimum=1),
-            layer4_stride=opt.choice(key + "LAYER4_STRIDE", section["LAYER4_STRIDE"], (1, 2)),
-        )
+        fields = [
+            ("depth", opt.choice_of(sorted(BLOCK_CONFIG))),
+            ("width_multiplier", opt.positive_int),
+            ("norm", opt.choice_of(NORM_NAMES)),
+            ("groupnorm_groups", opt.positive_int),
+            ("standardize_convolutions", opt.as_bool),
+            ("groups", opt.positive_int),
+            ("zero_init_residual", opt.as_bool),
+            ("width_per_group", opt.positive_int),
+            ("layer4_stride", opt.choice_of((1, 2))),
+        ]
+        return cls(**opt.read_options(section, "MODEL.TRUNK.RESNETS.", fields))
+
+
+def resnet_feature_info(width: int, expansion: int, layer4_stride: int) -> List[FeatureInfo]:
+    """Public features of a ResNe(X)t whose stem has ``width`` channels."""
+    stages = [
+        map_info(f"res{i + 2}", width * 2**i * expansion, (4, 8, 16, 16 * layer4_stride)[i], f"layer{i + 1}")
+        for i in range(4)
+    ]
+    last = stages[-1].channels
+    return [
+        map_info("conv1", width, 2, "conv1_relu"),
+        map_info("res1", width, 4, "maxpool"),
+        *stages,
+        map_info("res5avg", last, None, "avgpool"),
+        vector_info("flatten", last, "flatten"),
+    ]
 
 
 class ResNeXt(FeatureTrunk):
     """ResNe(X)t with the original's ``_feature_blocks`` layout.
 
     Feature names: ``conv1, res1, res2, res3, res4, res5, res5avg, flatten`` and the block names
-    (``conv1, bn1, conv1_relu, maxpool, layer1..layer4, avgpool, flatten``).
+    (``conv1, bn1, conv1_relu, maxpool, layer1..layer4, avgpool, flatten``). Default feature
+    ``res5avg``; ``forward`` without names returns ``flatten``, as the original.
     """
 
     def __init__(self, options: ResNetOptions = ResNetOptions(), common: TrunkCommon = TrunkCommon()) -> None:
@@ -108,7 +123,7 @@ class ResNeXt(FeatureTrunk):
                 blocks.append(block(out, planes, groups=options.groups, base_width=options.width_per_group, norm_layer=norm))
             return nn.Sequential(*blocks)
 
-        stem_conv = nn.Conv2d(input_channels(common.input_type), width, kernel_size=7, stride=2, padding=3, bias=False)
+        stem_conv = nn.Conv2d(input_channels(common.stem_input_type), width, kernel_size=7, stride=2, padding=3, bias=False)
         self._feature_blocks = nn.ModuleDict(
             [
                 ("conv1", stem_conv),
@@ -125,6 +140,11 @@ class ResNeXt(FeatureTrunk):
         )
         del self._inplanes
         self.feat_eval_mapping = dict(FEATURE_MAPPING)
+        self.feature_info = resnet_feature_info(width, block.expansion, options.layer4_stride)
+        self.default_feature = "res5avg"
+        self.final_feature = "res5"
+        # timm's ResNet stages: the stem after its ReLU, then the four residual stages.
+        self.intermediate_features = ["conv1", "res2", "res3", "res4", "res5"]
         self._init_weights(options.zero_init_residual, "bn3" if bottleneck else "bn2")
         if options.standardize_convolutions:
             standardize_convolutions(self)
@@ -146,4 +166,4 @@ class ResNeXt(FeatureTrunk):
 @register_model_trunk("resnet")
 def build_resnet(model_config: Mapping, model_name: str = "resnet") -> ResNeXt:
     """Build the ``resnet`` trunk from ``MODEL`` (reads ``TRUNK.RESNETS`` and the common options)."""
-    return ResNeXt(ResNetOptions.from_config(model_config["TRUNK"]["RESNETS"]), TrunkCommon.from_config(model_config))
+    return ResNeXt(ResNetOptions.from_config(model_config["TRUNK"]["RESNETS"]), TrunkCommon.from_config(model_config, "resnet"))

@@ -20,7 +20,7 @@ from torch import nn
 from ..config import options as opt
 from ..layers import Flatten, input_channels
 from ..registry import register_model_trunk
-from .base import FeatureTrunk, TrunkCommon
+from .base import FeatureTrunk, TrunkCommon, map_info, vector_info
 
 # depth -> bottleneck blocks per stage
 BLOCK_CONFIG = {
@@ -53,12 +53,12 @@ class ResNetSKOptions:
 
     @classmethod
     def from_config(cls, section: Mapping) -> "ResNetSKOptions":
-        key = "MODEL.TRUNK.RESNETS_SK."
-        return cls(
-            depth=opt.choice(key + "DEPTH", section["DEPTH"], sorted(BLOCK_CONFIG)),
-            width_multiplier=opt.as_int(key + "WIDTH_MULTIPLIER", section["WIDTH_MULTIPLIER"], minimum=1),
-            sk_ratio=opt.as_float(key + "SK_RATIO", section["SK_RATIO"], minimum=0.0),
-        )
+        fields = [
+            ("depth", opt.choice_of(sorted(BLOCK_CONFIG))),
+            ("width_multiplier", opt.positive_int),
+            ("sk_ratio", opt.non_negative_float),
+        ]
+        return cls(**opt.read_options(section, "MODEL.TRUNK.RESNETS_SK.", fields))
 
 
 def _conv(cin: int, cout: int, kernel_size: int = 3, stride: int = 1) -> nn.Conv2d:
@@ -186,15 +186,16 @@ class SpatialMean(nn.Module):
 class ResNetSelectiveKernel(FeatureTrunk):
     """SimCLRv2 ResNet(-SK). Default output: the pooled, flattened last stage, ``(B, 2048 * width)``.
 
-    Feature names: ``res1`` (stem), ``res2``..``res5`` (stages), ``res5avg`` (B, C, 1, 1) and
-    ``flatten`` (B, C); the block names ``0``..``4``, ``avgpool`` and ``flatten`` are accepted too.
+    Feature names: ``res1`` (stem), ``res2``..``res5`` (stages), ``res5avg`` (B, C, 1, 1, the default
+    feature) and ``flatten`` (B, C); the block names ``0``..``4``, ``avgpool`` and ``flatten`` are
+    accepted too.
     """
 
     def __init__(self, options: ResNetSKOptions = ResNetSKOptions(), common: TrunkCommon = TrunkCommon()) -> None:
         super().__init__(common)
         self.options = options
         w, sk = options.width_multiplier, options.sk_ratio
-        blocks = {"0": Stem(input_channels(common.input_type), sk, w)}
+        blocks = {"0": Stem(input_channels(common.stem_input_type), sk, w)}
         channels_in = 64 * w
         for i, (n, stride) in enumerate(zip(BLOCK_CONFIG[options.depth], (1, 2, 2, 2))):
             stage = Blocks(n, channels_in, 64 * w * 2**i, stride, sk)
@@ -205,6 +206,16 @@ class ResNetSelectiveKernel(FeatureTrunk):
         self.channels_out = channels_in
         self.net = nn.ModuleDict(blocks)
         self.feat_eval_mapping = dict(FEATURE_MAPPING)
+        stages = [map_info(f"res{i + 2}", 256 * w * 2**i, 4 * 2**i, str(i + 1)) for i in range(4)]
+        self.feature_info = [
+            map_info("res1", 64 * w, 4, "0"),
+            *stages,
+            map_info("res5avg", channels_in, None, "avgpool"),
+            vector_info("flatten", channels_in, "flatten"),
+        ]
+        self.default_feature = "res5avg"
+        self.final_feature = "res5"
+        self.intermediate_features = ["res1", "res2", "res3", "res4", "res5"]
 
     @property
     def _feature_blocks(self) -> nn.ModuleDict:
@@ -216,5 +227,5 @@ class ResNetSelectiveKernel(FeatureTrunk):
 def build_resnet_sk(model_config: Mapping, model_name: str = "resnet_sk") -> ResNetSelectiveKernel:
     """Build ``resnet_sk`` from ``MODEL`` (reads ``TRUNK.RESNETS_SK`` and the common options)."""
     return ResNetSelectiveKernel(
-        ResNetSKOptions.from_config(model_config["TRUNK"]["RESNETS_SK"]), TrunkCommon.from_config(model_config)
+        ResNetSKOptions.from_config(model_config["TRUNK"]["RESNETS_SK"]), TrunkCommon.from_config(model_config, "resnet_sk")
     )
