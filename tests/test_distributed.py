@@ -7,7 +7,7 @@ compares against an unsharded model built from the same seed in the same process
 from __future__ import annotations
 
 import os
-import warnings
+from datetime import timedelta
 
 import pytest
 import torch
@@ -76,7 +76,7 @@ def _entry(rank, world, store_dir, fn, args):
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
     store = dist.FileStore(os.path.join(store_dir, "store"), world)
-    dist.init_process_group("gloo", store=store, rank=rank, world_size=world)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timedelta(seconds=120))
     try:
         fn(rank, world, *args)
         dist.barrier()
@@ -86,6 +86,7 @@ def _entry(rank, world, store_dir, fn, args):
 
 def run_ranks(fn, world, tmp_path, *args):
     """Run ``fn(rank, world, *args)`` on ``world`` forked gloo ranks; a failure in any rank fails here."""
+    os.makedirs(tmp_path, exist_ok=True)
     mp.start_processes(_entry, args=(world, str(tmp_path), fn, args), nprocs=world, start_method="fork")
 
 
@@ -345,3 +346,21 @@ def test_original_shard_list_checkpoint_loads_into_a_sharded_model(tmp_path):
         torch.save({"type": "shard", "classy_state_dict": {"base_model": base}}, tmp_path / names[-1])
     torch.save({"type": "shard_list", "shards": names}, tmp_path / "model.torch")
     run_ranks(_shard_list_into_sharded, 2, tmp_path / "run", "vit_dino", str(tmp_path / "model.torch"))
+
+
+def test_convert_command_between_dcp_and_vissl(tmp_path, capsys):
+    from vissl_models.cli import main
+
+    model = build("vit_dino", seed=6)
+    save_dcp(model, str(tmp_path / "dcp"))
+    assert main(["convert", str(tmp_path / "dcp"), str(tmp_path / "m.torch")]) == 0
+    assert "DCP directory" in capsys.readouterr().out
+    assert build("vit_dino", seed=1).load_weights(str(tmp_path / "m.torch")).ok
+    assert main(["convert", str(tmp_path / "m.torch"), str(tmp_path / "dcp2"), "--to", "dcp"]) == 0
+    again = read_dcp_model_state(str(tmp_path / "dcp2"))
+    assert all(torch.equal(again[k], v) for k, v in model.state_dict().items())
+    # A file without --to, or a DCP directory to a library layout: refused, nothing written.
+    assert main(["convert", str(tmp_path / "m.torch"), str(tmp_path / "x.pth")]) == 2
+    assert "--to is required" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "dcp"), str(tmp_path / "x.pth"), "--to", "timm"]) == 2
+    assert not (tmp_path / "x.pth").exists()

@@ -8,7 +8,9 @@ can load it, and it converts to and from a consolidated VISSL file
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 from typing import Any, Dict, Mapping, Tuple
 
 import torch
@@ -69,7 +71,8 @@ def save_dcp(model: nn.Module, dcp_dir: str) -> None:
         state = get_model_state_dict(model)
     else:
         state = model.state_dict()
-    dcp.save({"model": state}, checkpoint_id=os.fspath(dcp_dir))
+    with _quiet():
+        dcp.save({"model": state}, checkpoint_id=os.fspath(dcp_dir), no_dist=not _dist_ready())
 
 
 def load_dcp(model: nn.Module, dcp_dir: str) -> None:
@@ -82,12 +85,28 @@ def load_dcp(model: nn.Module, dcp_dir: str) -> None:
         from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
         state = get_model_state_dict(model)
-        dcp.load({"model": state}, checkpoint_id=os.fspath(dcp_dir))
+        with _quiet():
+            dcp.load({"model": state}, checkpoint_id=os.fspath(dcp_dir), no_dist=not _dist_ready())
         set_model_state_dict(model, state)
         return
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    dcp.load({"model": state}, checkpoint_id=os.fspath(dcp_dir))
+    with _quiet():
+        dcp.load({"model": state}, checkpoint_id=os.fspath(dcp_dir), no_dist=not _dist_ready())
     model.load_state_dict(state)
+
+
+@contextlib.contextmanager
+def _quiet():
+    # DCP warns that it assumes one process when there is no process group; here that is the intent.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield
+
+
+def _dist_ready() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
 
 
 def _check_dcp_dir(dcp_dir: str) -> None:
@@ -119,7 +138,8 @@ def read_dcp_model_state(dcp_dir: str) -> Dict[str, torch.Tensor]:
             state[key[len(_PREFIX):]] = torch.empty(md.size, dtype=md.properties.dtype)
     if not state:
         raise KeyError(f"{dcp_dir}: no 'model.*' tensors (keys: {sorted(meta.state_dict_metadata)[:5]})")
-    dcp.load({"model": state}, checkpoint_id=os.fspath(dcp_dir), no_dist=True)
+    with _quiet():
+        dcp.load({"model": state}, checkpoint_id=os.fspath(dcp_dir), no_dist=True)
     return state
 
 
@@ -150,5 +170,37 @@ def vissl_to_dcp(in_file: str, dcp_dir: str) -> Tuple[int, int]:
     if len(tensors) != len(flat):
         bad = sorted(k for k in flat if k not in tensors)
         raise TypeError(f"{in_file}: non-tensor model entries {bad[:5]}")
-    dcp.save({"model": tensors}, checkpoint_id=os.fspath(dcp_dir), no_dist=True)
+    with _quiet():
+        dcp.save({"model": tensors}, checkpoint_id=os.fspath(dcp_dir), no_dist=True)
     return len(loaded.trunk), len(loaded.heads)
+
+
+def run_dcp_convert(args: Any, out: Any) -> Any:
+    """The DCP cases of ``vissl-models convert``: IN a DCP directory -> one VISSL file (``--to``
+    omitted or ``vissl``), or ``--to dcp`` -> a DCP directory OUT. Returns the exit code, or
+    ``None`` when neither applies (the layout converters take over)."""
+    import sys
+
+    src_is_dcp = is_dcp_dir(args.input)
+    if not src_is_dcp and args.to != "dcp":
+        if args.to is None:
+            print(f"vissl-models convert: error: --to is required ({args.input} is not a "
+                  "torch.distributed.checkpoint directory)", file=sys.stderr)
+            return 2
+        return None
+    if src_is_dcp and args.to not in (None, "vissl"):
+        print(f"vissl-models convert: error: {args.input} is a torch.distributed.checkpoint directory; it converts "
+              f"to one VISSL file (--to vissl), not --to {args.to}", file=sys.stderr)
+        return 2
+    try:
+        if src_is_dcp:
+            n_trunk, n_heads = dcp_to_vissl(args.input, args.output)
+            what = f"DCP directory {args.input} -> VISSL file {args.output}"
+        else:
+            n_trunk, n_heads = vissl_to_dcp(args.input, args.output)
+            what = f"{args.input} -> DCP directory {args.output}"
+    except (FileNotFoundError, FileExistsError, ValueError, KeyError, TypeError, OSError) as e:
+        print(f"vissl-models convert: error: {e}", file=sys.stderr)
+        return 2
+    print(f"converted {what}: {n_trunk} trunk and {n_heads} head tensors", file=out)
+    return 0
