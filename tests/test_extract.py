@@ -337,3 +337,40 @@ def test_cli_without_weights_warns_loudly(images, config, tmp_path):
     code, _, err = run_cli([config, "--images", str(images / "a.jpg"), "--out", str(out), "--crop", "32",
                             "--resize", "40", "--no-progress"])
     assert code == 0 and "RANDOM weights" in err and out.exists()
+
+
+def test_lab_preprocessing_matches_known_colours():
+    # White, black and pure sRGB red: Lab (100, 0, 0), (0, 0, 0), (53.24, 80.09, 67.20), through the
+    # original's 8-bit step (L * 255 / 100, a and b + 128, rounded) and back to L - 50, a, b.
+    rgb = torch.tensor([[1.0, 0.0, 1.0], [1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])[:, None, :]
+    lab = extract.transforms.rgb_to_lab(rgb)[:, 0, :]
+    expected = torch.tensor([[50.0, -50.0, 136 * 100 / 255 - 50], [0.0, 0.0, 80.0], [0.0, 0.0, 67.0]])
+    torch.testing.assert_close(lab, expected, atol=1e-4, rtol=0)
+
+
+def test_model_presets_reach_the_transform(images):
+    from types import SimpleNamespace
+
+    squash = SimpleNamespace(input_size=(3, 32, 32), crop_pct=1.0, crop_mode="squash", channel_order="lab",
+                             mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), interpolation="bicubic")
+    settings = extract.settings_for(SimpleNamespace(pretrained_cfg=squash))
+    assert (settings.image_size, settings.resize, settings.crop_mode, settings.channel_order) == (32, 32, "squash", "lab")
+    img = extract.transform_from(settings)(Image.open(images / "b.JPEG").convert("RGB"))  # 41 x 70 -> 32 x 32
+    assert img.shape == (3, 32, 32) and -50 <= float(img[0].min()) and float(img[0].max()) <= 50
+    bad = SimpleNamespace(pretrained_cfg=SimpleNamespace(channel_order="cmyk"))
+    with pytest.raises(ValueError, match="channel_order"):
+        extract.settings_for(bad)
+
+
+def test_torchvision_weights_give_torchvisions_features(images, config, tmp_path):
+    import torchvision
+
+    tv = torchvision.models.resnet18().eval()
+    path = tmp_path / "resnet18_torchvision.pth"
+    torch.save(tv.state_dict(), path)
+    result = extract_features(config, [images / "a.jpg"], weights=path, image_size=CROP, resize=RESIZE,
+                              progress=False)
+    assert "converted torchvision" in result.load_report.summary()
+    with torch.no_grad():
+        ref = torch.nn.Sequential(*list(tv.children())[:-1])(reference_batch([images / "a.jpg"])).flatten(1)
+    np.testing.assert_allclose(result.features["res5avg"], ref.numpy(), rtol=1e-4, atol=1e-5)

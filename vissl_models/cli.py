@@ -365,8 +365,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return 1
-    except (ConfigError, CheckpointError, FileNotFoundError, PermissionError, IsADirectoryError,
-            NotADirectoryError, ValueError, KeyError) as e:
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except (ConfigError, CheckpointError, OSError, ValueError, KeyError) as e:
         print(f"{PROG}: error: {_error_text(e)}", file=sys.stderr)
         return 2
 

@@ -205,27 +205,38 @@ def resolve_config(name: Union[str, os.PathLike]) -> str:
 def _read_yaml_file(path: str) -> Any:
     """Parse one YAML file; every way of failing is a ``ConfigError`` naming the file."""
     try:
-        info = os.stat(path)
+        # Opened without blocking and checked on the descriptor: a named pipe or a device is refused
+        # at once instead of waited on or read forever.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise ConfigNotFoundError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config {path}: is a folder, not a YAML file") from None
     except OSError as e:
         raise ConfigError(f"config {path}: cannot read it: {e.strerror or e}") from None
-    if stat.S_ISDIR(info.st_mode):
-        raise ConfigError(f"config {path}: is a folder, not a YAML file")
-    if not stat.S_ISREG(info.st_mode):
-        # A named pipe or device would block or never end.
-        raise ConfigError(f"config {path}: not a regular file")
-    if info.st_size > MAX_CONFIG_BYTES:
-        raise ConfigError(f"config {path}: {info.st_size:,} bytes; a config is at most {MAX_CONFIG_BYTES:,}")
     try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_CONFIG_BYTES + 1)
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise ConfigError(f"config {path}: is a folder, not a YAML file")
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"config {path}: not a regular file")
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config {path}: {info.st_size:,} bytes; a config is at most {MAX_CONFIG_BYTES:,}")
+        chunks, size = [], 0
+        while size <= MAX_CONFIG_BYTES:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
     except OSError as e:
         raise ConfigError(f"config {path}: cannot read it: {e.strerror or e}") from None
-    if len(raw) > MAX_CONFIG_BYTES:
+    finally:
+        os.close(fd)
+    if size > MAX_CONFIG_BYTES:
         raise ConfigError(f"config {path}: larger than {MAX_CONFIG_BYTES:,} bytes")
     try:
-        text = raw.decode("utf-8")
+        text = b"".join(chunks).decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(f"config {path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     return parse_yaml(text, source=path)
@@ -246,7 +257,7 @@ def _read_source(source: Union[str, os.PathLike, Mapping]) -> dict:
     if "config" in data:
         inner = data["config"]
         if inner is not None and not isinstance(inner, Mapping):
-            raise ConfigError(f"{where}: 'config' must be a mapping of sections, got {type(inner).__name__} {inner!r}")
+            raise ConfigError(f"{where}: 'config' must be a mapping of sections, got {_short(inner)}")
         extra = set(data) - {"config", "defaults", *TOP_LEVEL_KEYS}
         if extra:
             raise ConfigError(f"{where}: top-level keys beside 'config' are not understood: {sorted(map(str, extra))}; "
@@ -266,12 +277,20 @@ def _lift_trunk_params(cfg: dict) -> None:
     trunk = model.get("TRUNK") if isinstance(model, Mapping) else None
     if isinstance(trunk, Mapping) and "TRUNK_PARAMS" in trunk:
         params = trunk.pop("TRUNK_PARAMS") or {}
+        if not isinstance(params, Mapping):
+            raise ConfigError(f"MODEL.TRUNK.TRUNK_PARAMS: is a section (a mapping of keys), got {_short(params)}")
         warnings.warn(
             "MODEL.TRUNK.TRUNK_PARAMS is the pre-1.0 VISSL layout; its sections were moved to "
             "MODEL.TRUNK", DeprecationWarning, stacklevel=3
         )
         for key, value in params.items():
             trunk[key] = value
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``type value`` for an error message, the value's text cut to ``limit`` characters."""
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= limit else text[:limit] + '...'}"
 
 
 def _nearest(key: str, candidates: Iterable[str]) -> str:
@@ -294,7 +313,7 @@ def _merge(base: dict, update: Mapping, path: str) -> None:
             continue
         current = base[key]
         if isinstance(current, dict) and value is not None and not isinstance(value, Mapping):
-            raise ConfigError(f"{full}: is a section (a mapping of keys), got {type(value).__name__} {value!r}")
+            raise ConfigError(f"{full}: is a section (a mapping of keys), got {_short(value)}")
         if isinstance(current, dict) and isinstance(value, Mapping) and full not in OPEN_SECTIONS:
             _merge(current, value, full)
         elif isinstance(current, dict) and value is None:

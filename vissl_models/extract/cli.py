@@ -141,8 +141,14 @@ def run_extract(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO 
         print(RANDOM_WEIGHTS_WARNING, file=err)
     settings = preprocessing(model, args.crop, args.resize, args.mean, args.std, not args.no_normalize,
                          args.interpolation, args.channel_order)
-    result = run_extraction(model, paths, names, features_of, transform_from(settings), check_device(args.device),
-                            args.batch_size, args.num_workers, not args.no_progress, args.keep_shape, report)
+    try:
+        result = run_extraction(model, paths, names, features_of, transform_from(settings),
+                                check_device(args.device), args.batch_size, args.num_workers,
+                                not args.no_progress, args.keep_shape, report)
+    except RuntimeError as e:
+        # A crop the trunk cannot take (smaller than a ViT's patch, ...) fails in its forward.
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"the model cannot run on {settings.image_size}px crops of these images: {first}") from e
     for path, error in result.skipped:
         print(f"skipped    {path}: {error}", file=err)
     if not result.paths:
