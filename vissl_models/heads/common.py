@@ -1,4 +1,9 @@
-"""What every head shares: ``MODEL.HEAD`` settings and reading a head's own options."""
+"""What every head shares: ``MODEL.HEAD`` settings and reading a head's own options.
+
+A head that knows the width of its input sets ``input_width`` (dim 1 of an N x C (x H x W) input,
+the last dim of N x L x C tokens, as ``FeatureInfo.channels``); the model compares it with the
+trunk feature the head receives when it is built.
+"""
 
 from __future__ import annotations
 

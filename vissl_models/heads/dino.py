@@ -57,6 +57,7 @@ class DINOHead(nn.Module):
         o = read_head_options("dino_head", dict(
             in_dim=in_dim, num_clusters=num_clusters, use_bn=use_bn, normalize_last_layer=normalize_last_layer,
             num_layers=num_layers, hidden_dim=hidden_dim, bottleneck_dim=bottleneck_dim), DINO_OPTIONS)
+        self.input_width = o["in_dim"]
         if o["num_layers"] == 1:
             self.mlp: nn.Module = nn.Linear(o["in_dim"], o["bottleneck_dim"])
         else:

@@ -179,6 +179,7 @@ class IBOTHead(_IBOTHeadBase):
             normalize_last_layer=normalize_last_layer, bottleneck_dim=bottleneck_dim),
             ibot_options(self.head_name, 1, with_prototypes=True))
         patch_out_dim = o["patch_out_dim"] or o["out_dim"]
+        self.input_width = o["in_dim"]
         layers = _hidden_layers(self.head_name, o["in_dim"], o["hidden_dim"], o["num_layers"] - 1, o["norm"], o["act"])
         if o["num_layers"] == 1:
             self.mlp: nn.Module = nn.Linear(o["in_dim"], o["bottleneck_dim"])
@@ -229,6 +230,7 @@ class IBOTDistillationHead(_IBOTHeadBase):
             num_layers=num_layers, hidden_dim=hidden_dim, shared_head=shared_head),
             ibot_options(self.head_name, 2, with_prototypes=False))
         patch_out_dim = o["patch_out_dim"] or o["out_dim"]
+        self.input_width = o["in_dim"]
         hidden = o["hidden_dim"]
         self.mlp = TokenSequential(
             *_hidden_layers(self.head_name, o["in_dim"], hidden, o["num_layers"] - 1, o["norm"], o["act"]))

@@ -78,6 +78,7 @@ class MLP(nn.Module):
             dims=dims, use_bn=use_bn, use_relu=use_relu, use_dropout=use_dropout, use_bias=use_bias,
             skip_last_layer_relu_bn=skip_last_layer_relu_bn), MLP_OPTIONS)
         widths = o["dims"]
+        self.input_width = widths[0]
         layers: List[nn.Module] = []
         for i in range(1, len(widths)):
             keep = not (i == len(widths) - 1 and o["skip_last_layer_relu_bn"])
@@ -133,6 +134,7 @@ class MLPResidual(nn.Module):
             dims=dims, use_bn=use_bn, use_relu=use_relu, use_dropout=use_dropout, use_bias=use_bias,
             skip_last_layer_relu_bn=skip_last_layer_relu_bn), MLP_OPTIONS)
         widths = o["dims"]
+        self.input_width = widths[0]
         blocks = []
         for i in range(1, len(widths)):
             keep = not (i == len(widths) - 1 and o["skip_last_layer_relu_bn"])
@@ -175,6 +177,7 @@ class LinearEvalMLP(nn.Module):
         common = HeadCommon.of(model_config)
         o = read_head_options("eval_mlp", dict(in_channels=in_channels, use_residual=use_residual),
                               (("in_channels", opt.positive_int), ("use_residual", opt.as_bool)))
+        self.input_width = o["in_channels"]
         self.channel_bn = common.batchnorm2d(o["in_channels"])
         mlp_cls = MLPResidual if o["use_residual"] else MLP
         self.clf = mlp_cls(common, dims, use_bn=use_bn, use_relu=use_relu)

@@ -56,7 +56,7 @@ class LinearEvalPooledMLP(nn.Module):
         super().__init__()
         common = HeadCommon.of(model_config)
         o = read_head_options("eval_mlp_pooled", {"in_channels": in_channels}, (("in_channels", opt.positive_int),))
-        self.in_channels = o["in_channels"]
+        self.in_channels = self.input_width = o["in_channels"]
         self.channel_bn = common.batchnorm2d(self.in_channels)
         mlp = MLP(dataclasses.replace(common, params_multiplier=1.0), dims, use_bn=use_bn, use_relu=use_relu)
         self.clf = mlp.clf

@@ -74,7 +74,7 @@ class _MobileNetV3HeadBase(nn.Module):
         o = read_head_options(self.head_name, dict(
             in_channels=in_channels, mid_channels=mid_channels, num_classes=num_classes, drop_out=drop_out,
             with_bn=with_bn), MOBILENET_V3_OPTIONS)
-        self.in_channels = o["in_channels"]
+        self.in_channels = self.input_width = o["in_channels"]
         self.with_bn = o["with_bn"]
         if self.with_bn:
             self.channel_bn = common.batchnorm2d(self.in_channels)

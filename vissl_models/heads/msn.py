@@ -69,6 +69,7 @@ class MSNHead(nn.Module):
             in_dim=in_dim, num_prototypes=num_prototypes, use_bn=use_bn, hidden_dim=hidden_dim,
             output_dim=output_dim, freeze_prototypes=freeze_prototypes, label_smoothing=label_smoothing,
             temperature=temperature, return_query=return_query), MSN_OPTIONS)
+        self.input_width = o["in_dim"]
         self.temperature = o["temperature"]
         self.return_query = o["return_query"]
         num_prototypes, hidden_dim, output_dim = o["num_prototypes"], o["hidden_dim"], o["output_dim"]

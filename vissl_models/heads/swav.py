@@ -71,6 +71,7 @@ class SwAVPrototypesHead(nn.Module):
             activation_name=activation_name, use_weight_norm_prototypes=use_weight_norm_prototypes,
             normalize_last_layer=normalize_last_layer), SWAV_OPTIONS)
         sizes = o["dims"]
+        self.input_width = sizes[0]
         self.normalize_feats = o["normalize_feats"]
         self.return_embeddings = o["return_embeddings"]
         layers: List[nn.Module] = []

@@ -38,7 +38,7 @@ class VisionTransformerHead(nn.Module):
         o = read_head_options("vision_transformer_head",
                               dict(in_plane=in_plane, num_classes=num_classes, hidden_dim=hidden_dim),
                               VIT_HEAD_OPTIONS)
-        width = o["in_plane"]
+        width = self.input_width = o["in_plane"]
         self.layers = nn.Sequential()
         if o["hidden_dim"] is not None:
             pre_logits = nn.Linear(width, o["hidden_dim"])
