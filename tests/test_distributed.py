@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -364,3 +365,68 @@ def test_convert_command_between_dcp_and_vissl(tmp_path, capsys):
     assert "--to is required" in capsys.readouterr().err
     assert main(["convert", str(tmp_path / "dcp"), str(tmp_path / "x.pth"), "--to", "timm"]) == 2
     assert not (tmp_path / "x.pth").exists()
+
+
+# ------------------------------------------------------------------------------ extraction
+def _extract_ranks(rank, world, argv, also_direct):
+    from test_extract import run_cli
+
+    code, _, err = run_cli(argv)
+    assert code == 0, err
+    if also_direct is not None:
+        # The shards of a finished run are reused by a rerun (same fingerprint): written once only.
+        from vissl_models.distributed.extract import run_distributed_extraction
+        from vissl_models.extract import feature_function, transform_from, preprocessing
+
+        out, settings, paths = also_direct
+        model = build("regnet_swav")
+        names, fn = feature_function(model, ["res4", "flatten"])
+        tf = transform_from(preprocessing(model, 32, 40))
+        args = (out, settings, model, paths, names, fn, tf, torch.device("cpu"), 2, 0, False)
+        first = run_distributed_extraction(*args)
+        folder = out + ".shards"
+        assert len(os.listdir(folder)) == 5  # 10 images, batches of 2, one batch a shard
+        stamps = {f: os.stat(os.path.join(folder, f)).st_mtime_ns for f in sorted(os.listdir(folder))}
+        dist.barrier()
+        again = run_distributed_extraction(*args)
+        assert {f: os.stat(os.path.join(folder, f)).st_mtime_ns for f in sorted(os.listdir(folder))} == stamps
+        if rank == 0:
+            assert again.paths == first.paths and all(
+                np.array_equal(again.features[n], first.features[n]) for n in names)
+
+
+def test_distributed_extraction_equals_single_process(tmp_path):
+    from PIL import Image
+
+    from test_extract import run_cli
+
+    root = tmp_path / "images"
+    root.mkdir()
+    rng = np.random.RandomState(0)
+    for i in range(9):
+        Image.fromarray(rng.randint(0, 256, (40 + i, 48, 3), dtype=np.uint8)).save(root / f"{i}.png")
+    (root / "5b.png").write_bytes(b"not a png")  # skipped in both runs, in place
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text("config:\n  MODEL:\n    TRUNK: " + repr(REGNET).replace("'", '"') + "\n    HEAD:\n      PARAMS: "
+                   + repr([SWAV]).replace("'", '"') + "\n")
+    common = [str(cfg), "--images", str(root), "--layers", "res4,flatten", "--crop", "32", "--resize", "40",
+              "--batch-size", "1", "--no-progress"]
+    code, _, err = run_cli(common + ["--out", str(tmp_path / "one.npz")])
+    assert code == 0, err
+    # Shards of one batch each: 10 images over 2 ranks, shard i on rank i % 2.
+    import vissl_models.distributed.extract as dext
+
+    old = dext.SHARD_BATCHES
+    dext.SHARD_BATCHES = 1
+    try:
+        paths = sorted(str(p) for p in root.glob("*.png"))
+        run_ranks(_extract_ranks, 2, tmp_path / "run", common + ["--out", str(tmp_path / "two.npz")],
+                  (str(tmp_path / "direct.npz"), {"case": "direct"}, paths))
+    finally:
+        dext.SHARD_BATCHES = old
+    one, two = np.load(tmp_path / "one.npz"), np.load(tmp_path / "two.npz")
+    assert sorted(one.files) == sorted(two.files) == ["flatten", "paths", "res4"]
+    assert list(one["paths"]) == list(two["paths"]) and len(one["paths"]) == 9
+    for name in ("res4", "flatten"):
+        assert np.array_equal(one[name], two[name])
+    assert not (tmp_path / "two.npz.shards").exists()
