@@ -38,11 +38,18 @@ DINO = ["dino_head_fsdp", {"in_dim": 16, "num_clusters": [20], "hidden_dim": 24,
 REGNET = {"NAME": "regnet_fsdp", "REGNET": {"depth": 5, "w_0": 8, "w_a": 8, "w_m": 1.6, "group_width": 8,
                                              "stem_width": 8}}
 SWAV = ["swav_head_fsdp", {"dims": [32, 16], "use_bn": True, "num_clusters": [5]}]
-CASES = {"vit_dino": (VIT, DINO), "regnet_swav": (REGNET, SWAV)}
+CASES = {"vit_dino": (VIT, DINO), "regnet_swav": (REGNET, SWAV),
+         # Activation checkpointing: every ViT block; every RegNet block group.
+         "vit_dino_ckpt": ({**VIT, "VISION_TRANSFORMERS": {**VIT["VISION_TRANSFORMERS"], "CHECKPOINT_BLOCK": True}},
+                           DINO),
+         "regnet_swav_ckpt": ({**REGNET, "REGNET": {**REGNET["REGNET"], "stage_checkpoints": [[1], [1], [1], [1]]}},
+                              SWAV)}
 
 
 def build(case: str, seed: int = 0, **extra):
     trunk, head = CASES[case]
+    if case.endswith("_ckpt"):
+        extra.setdefault("ACTIVATION_CHECKPOINTING", {"USE_ACTIVATION_CHECKPOINTING": True})
     torch.manual_seed(seed)
     return vissl_models.build_model(model_config(TRUNK=trunk, HEAD={"PARAMS": [head]}, **extra))
 
@@ -216,6 +223,28 @@ def test_fsdp2_matches_unsharded_outputs_grads_step_and_state(tmp_path, case):
     run_ranks(_fsdp_equals_unsharded, 2, tmp_path, case)
 
 
+def _compiled_checkpointed(rank, world, case):
+    ref = build(case)
+    model = torch.compile(shard_model(build(case)), backend="aot_eager")
+    out = model(batch(rank))
+    for a, b in zip(flat(out), flat(ref(batch(rank)))):
+        close(a, b)
+    loss_of(out).backward()
+    for r in range(world):
+        (loss_of(ref(batch(r))) / world).backward()
+    ref_params = dict(ref.named_parameters())
+    for name, p in model.named_parameters():
+        name = name.replace("_orig_mod.", "")
+        if p.grad is not None:
+            close(p.grad, ref_params[name].grad)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["vit_dino_ckpt", "regnet_swav_ckpt"])
+def test_fsdp2_composes_with_activation_checkpointing_and_compile(tmp_path, case):
+    run_ranks(_compiled_checkpointed, 2, tmp_path, case)
+
+
 def _ddp_equals_single_process(rank, world):
     from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -228,9 +257,22 @@ def _ddp_equals_single_process(rank, world):
     for name, p in model.module.named_parameters():
         if p.grad is not None:
             close(p.grad, ref_params[name].grad)
+    # SyncBN subgroups from GROUP_SIZE (numerics need GPUs: benchmarks/gpu_syncbn_check.py).
+    for group_size, local, size in ((1, "2", 1), (0, "2", None), (-1, "1", 1), (-1, "2", None)):
+        os.environ["LOCAL_WORLD_SIZE"] = local
+        sync = build("regnet_swav", SYNC_BN_CONFIG={"CONVERT_BN_TO_SYNC_BN": True, "GROUP_SIZE": group_size})
+        sync.convert_sync_batchnorm()
+        groups = {m.process_group for m in sync.modules() if isinstance(m, nn.SyncBatchNorm)}
+        assert len(groups) == 1 and not any(isinstance(m, nn.BatchNorm2d) and not isinstance(m, nn.SyncBatchNorm)
+                                            for m in sync.modules())
+        (group,) = groups
+        if size is None:
+            assert group is None  # the default (global) group
+        else:
+            assert dist.get_world_size(group) == size and dist.get_rank(group) == 0
 
 
-def test_ddp_gradients_equal_a_single_process_run(tmp_path):
+def test_ddp_gradients_equal_a_single_process_run_and_sync_bn_groups(tmp_path):
     run_ranks(_ddp_equals_single_process, 2, tmp_path)
 
 
