@@ -317,7 +317,8 @@ def test_sync_batchnorm_conversion():
     with pytest.warns(UserWarning, match="apex"):
         model.convert_sync_batchnorm()
     assert isinstance(model.trunk._feature_blocks.bn1, nn.SyncBatchNorm)
-    untouched = tiny_model(HEAD=MLP_HEAD).convert_sync_batchnorm()
+    with pytest.warns(UserWarning, match="CONVERT_BN_TO_SYNC_BN is false"):
+        untouched = tiny_model(HEAD=MLP_HEAD).convert_sync_batchnorm()
     assert type(untouched.trunk._feature_blocks.bn1) is nn.BatchNorm2d
 
 

@@ -6,6 +6,7 @@ import copy
 import inspect
 import logging
 import os
+import warnings
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -269,11 +270,27 @@ class BaseSSLMultiInputOutputModel(ClassyModel):
     def is_fully_frozen_model(self) -> bool:
         return not any(p.requires_grad for p in self.parameters())
 
-    def convert_sync_batchnorm(self, process_group=None) -> "BaseSSLMultiInputOutputModel":
-        """Convert BatchNorm layers to SyncBatchNorm as MODEL.SYNC_BN_CONFIG asks (call before DDP)."""
+    def convert_sync_batchnorm(self, process_group=None, force: bool = False) -> "BaseSSLMultiInputOutputModel":
+        """Convert BatchNorm layers to SyncBatchNorm as MODEL.SYNC_BN_CONFIG asks (call before DDP/FSDP).
+
+        The statistics are reduced over ``process_group``, by default this rank's group of
+        ``SYNC_BN_CONFIG.GROUP_SIZE`` (-1: the ranks of this machine, 0: all ranks, > 0: groups of
+        that size; building the subgroups is a collective). With ``CONVERT_BN_TO_SYNC_BN`` false
+        nothing is converted and a warning says so, unless ``force``.
+        """
         cfg = self.model_config.SYNC_BN_CONFIG
-        if cfg.CONVERT_BN_TO_SYNC_BN:
-            convert_sync_batchnorm(self, cfg.SYNC_BN_TYPE, process_group)
+        if not (cfg.CONVERT_BN_TO_SYNC_BN or force):
+            warnings.warn("convert_sync_batchnorm: MODEL.SYNC_BN_CONFIG.CONVERT_BN_TO_SYNC_BN is false, BatchNorm "
+                          "layers are left as they are (set it, or pass force=True)", stacklevel=2)
+            return self
+        if process_group is None:
+            from .distributed.sync_bn import sync_bn_group_ranks, sync_bn_process_group
+
+            if torch.distributed.is_available() and torch.distributed.is_initialized():
+                process_group = sync_bn_process_group(int(cfg.GROUP_SIZE))
+            else:
+                sync_bn_group_ranks(1, int(cfg.GROUP_SIZE), 1)  # one process: one group, still checked
+        convert_sync_batchnorm(self, cfg.SYNC_BN_TYPE, process_group)
         return self
 
     def get_optimizer_param_groups(self, optimizer_schedulers: Optional[Mapping[str, Any]] = None) -> List[Dict[str, Any]]:
@@ -287,6 +304,13 @@ class BaseSSLMultiInputOutputModel(ClassyModel):
     # ------------------------------------------------------------------ checkpoints
     def get_classy_state(self, deep_copy: bool = False) -> Dict[str, Any]:
         """``{"model": {"trunk": trunk.state_dict(), "heads": heads.state_dict()}}``."""
+        from .distributed.fsdp import is_sharded
+
+        if is_sharded(self):
+            # A collective: full tensors on rank 0, same keys as unsharded (other ranks: empty parts).
+            from .distributed.checkpoint import sharded_get_classy_state
+
+            return sharded_get_classy_state(self)
         state = {"model": {"trunk": self.trunk.state_dict(), "heads": self.heads.state_dict()}}
         return copy.deepcopy(state) if deep_copy else state
 

@@ -32,6 +32,7 @@ from torch import nn
 from .errors import CheckpointError, InvalidValueError, StateMismatchError
 from .layouts import detect_key_layout
 from .safe_pickle import Placeholder
+from ..distributed.tensors import shard_like, sharded_target
 
 LIBRARY_SOURCES = ("torchvision", "timm", "classy_vision")
 
@@ -319,7 +320,10 @@ def apply(own: Mapping[str, torch.Tensor], to_copy: Sequence[Tuple[str, torch.Te
     try:
         for key, value in to_copy:
             target = own[key]
-            staged.append((key, target, value.detach().to(device=target.device, dtype=target.dtype)))
+            value = value.detach().to(device=target.device, dtype=target.dtype)
+            if sharded_target(target):  # an FSDP2 model: keep this rank's shard of the full value
+                value = shard_like(value, target)
+            staged.append((key, target, value))
     except Exception as e:
         raise CheckpointError(f"{path}: {key}: cannot prepare the checkpoint value ({type(e).__name__}: "
                               f"{' '.join(str(e).split())[:200]}); nothing was loaded", path=path, key=key) from None

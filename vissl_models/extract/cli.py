@@ -141,10 +141,21 @@ def run_extract(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO 
     else:
         report = None
         print(RANDOM_WEIGHTS_WARNING, file=err)
+    from ..distributed.extract import command_settings, distributed_world, remove_shards, run_distributed_extraction
+
+    world = distributed_world()  # under torchrun: this rank's shards, the whole result on rank 0
     try:
-        result = run_extraction(model, paths, names, features_of, transform_from(settings),
-                                check_device(args.device), args.batch_size, args.num_workers,
-                                not args.no_progress, args.keep_shape, report)
+        if world > 1:
+            result = run_distributed_extraction(args.out, command_settings(args), model, paths, names, features_of,
+                                                transform_from(settings), check_device(args.device),
+                                                args.batch_size, args.num_workers, not args.no_progress,
+                                                args.keep_shape, report)
+            if result is None:
+                return 0
+        else:
+            result = run_extraction(model, paths, names, features_of, transform_from(settings),
+                                    check_device(args.device), args.batch_size, args.num_workers,
+                                    not args.no_progress, args.keep_shape, report)
     except RuntimeError as e:
         # A crop the trunk cannot take (smaller than a ViT's patch, ...) fails in its forward.
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -155,6 +166,8 @@ def run_extract(args: argparse.Namespace, out: TextIO = sys.stdout, err: TextIO 
         print(f"vissl-models: error: none of the {len(result.skipped)} images could be read; nothing written", file=err)
         return 1
     save_features(result, args.out)
+    if world > 1:
+        remove_shards(args.out)
     shapes = ", ".join(f"{n} {'x'.join(map(str, a.shape))}" for n, a in result.features.items())
     print(f"extracted  {len(result.paths)} images ({len(result.skipped)} skipped): {shapes}", file=out)
     print(f"wrote      {args.out}", file=out)

@@ -20,7 +20,9 @@ def add_convert_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("input", metavar="IN", help="checkpoint to read")
     p.add_argument("output", metavar="OUT", help="file to write (replaced atomically)")
-    p.add_argument("--to", required=True, choices=SIDES, help="layout to write")
+    p.add_argument("--to", choices=SIDES + ("dcp",),
+                   help="layout to write (required unless IN is a torch.distributed.checkpoint directory, which "
+                   "is consolidated into one VISSL file; dcp: write IN as such a directory OUT)")
     p.add_argument("--arch", help="library model name (resnet50, regnety_004, vit_small_patch16_224, ...): "
                    "checks the result against it; needed when the keys do not tell the family")
     p.add_argument("--from", dest="src", choices=SIDES, help="layout of IN when it cannot be detected")
@@ -52,6 +54,11 @@ def run_convert(args: argparse.Namespace, out=None) -> int:
     if extra:
         print(f"vissl-models convert: error: unexpected arguments {extra}", file=sys.stderr)
         return 2
+    from ...distributed.checkpoint import run_dcp_convert
+
+    code = run_dcp_convert(args, out)
+    if code is not None:
+        return code
     try:
         result = convert_checkpoint(
             args.input, args.output, args.to, args.arch, args.src, args.with_head,
