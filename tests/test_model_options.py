@@ -139,10 +139,21 @@ def test_head_width_is_checked_for_each_mapped_input():
 
 
 def test_trunks_without_feature_info_are_not_checked():
-    # Today's resnet lists no features here: the mismatch shows at forward, as before.
-    model = tiny_model(HEAD={"PARAMS": [["mlp", {"dims": [2048, 8]}]]}).eval()
-    with pytest.raises(RuntimeError):
-        model(image(1, 32))
+    class Unlisted(PooledTrunk):
+        def __init__(self):
+            super().__init__(512)
+            del self.feature_info
+
+    with registered_trunk("unlisted", lambda cfg, name: Unlisted()):
+        model = tiny_model(TRUNK={"NAME": "unlisted"}, HEAD={"PARAMS": [["mlp", {"dims": [2048, 8]}]]}).eval()
+    with pytest.raises(RuntimeError):  # the mismatch only shows at forward
+        model(image(1, 8))
+
+
+def test_a_real_trunk_reports_the_mismatch():
+    with pytest.raises(ConfigError, match=r"head 0 \('mlp'\) expects 2048 input channels, but feature 'res5avg' of "
+                                          r"this trunk \('resnet'\) gives 512"):
+        tiny_model(HEAD={"PARAMS": [["mlp", {"dims": [2048, 8]}]]})
 
 
 # ----------------------------------------------------------------------------- memory
