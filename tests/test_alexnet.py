@@ -10,7 +10,7 @@ import vissl_models
 from vissl_models.config import ConfigError
 from utils import build_trunk
 
-CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
+CONFIGS = os.path.join(os.path.dirname(vissl_models.__file__), "configs")
 NAMES = ["alexnet_bvlc", "alexnet_colorization", "alexnet_deepcluster", "alexnet_jigsaw", "alexnet_rotnet"]
 
 

@@ -132,5 +132,5 @@ def test_compiles_without_graph_breaks():
     x = torch.randn(2, 3, 32, 32)
     names = ["concatCLS2", "lastCLS"]
     with torch.no_grad():
-        for a, b in zip(torch.compile(trunk, fullgraph=True, backend="eager")(x, names), trunk(x, names)):
+        for a, b in zip(torch.compile(trunk, fullgraph=True, backend="eager")(x, names), trunk(x, names), strict=True):
             torch.testing.assert_close(a, b)

@@ -322,7 +322,7 @@ def test_fsdp_variant_is_the_same_module_with_float32_layer_norms():
         ({"MASKED_IMAGE_MODELING": {"NAME": "mae", "PARAMS": {}}}, "MASKED_IMAGE_MODELING.NAME"),
         ({"MASKED_IMAGE_MODELING": {"NAME": "msn", "PARAMS": {"drop": 0.5}}}, "unknown keys"),
         ({"MASKED_IMAGE_MODELING": {"NAME": "msn", "PARAMS": {"drop_ratio": 1.0}}}, "drop_ratio"),
-        ({"NUM_HEADS": 3}, "divisible"),
+        ({"NUM_HEADS": 3}, "HIDDEN_DIM: got 16, expected a multiple of NUM_HEADS"),
         ({"DROP_PATH_RATE": -0.1}, "DROP_PATH_RATE"),
         ({"QKV_BIAS": "yes"}, "QKV_BIAS"),
     ],

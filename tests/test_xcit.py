@@ -154,7 +154,7 @@ def test_compiles_without_graph_breaks(train):
     torch.manual_seed(0)
     backend = "aot_eager" if train else "eager"
     compiled = torch.compile(trunk, fullgraph=True, backend=backend)(x, ["lastCLS", "lastMAP"])
-    for a, b in zip(eager, compiled):
+    for a, b in zip(eager, compiled, strict=True):
         torch.testing.assert_close(a, b)
     if train:
         sum(o.sum() for o in compiled).backward()

@@ -138,11 +138,15 @@ class PatchEmbed(nn.Module):
 
     def __init__(self, img_size=224, patch_size=16, in_chans: int = 3, embed_dim: int = 768) -> None:
         super().__init__()
-        self.img_size = to_2tuple(img_size)
         self.patch_size = to_2tuple(patch_size)
+        self.set_img_size(img_size)
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
+
+    def set_img_size(self, img_size) -> None:
+        """The input size the model is configured for, and the patch grid it gives."""
+        self.img_size = to_2tuple(img_size)
         self.feat_map_size = (self.img_size[0] // self.patch_size[0], self.img_size[1] // self.patch_size[1])
         self.num_patches = self.feat_map_size[0] * self.feat_map_size[1]
-        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=self.patch_size, stride=self.patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x).flatten(2).transpose(1, 2)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -34,7 +34,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import options as opt
-from ..config.loader import ConfigError
 from ..layers import trunc_normal_
 from ..layers.checkpointing import checkpoint_without_bn_double_update
 from ..layers.init import init_transformer_weights
@@ -44,12 +43,20 @@ from ..layers.transformer import (
     PatchEmbed,
     PreNormBlock,
     drop_path_rates,
+    interpolate_pos_embed,
     relative_position_bias,
     relative_position_index,
 )
 from ..registry import register_model_trunk
-from ._transformer_common import check_rgb_or_bgr, check_width_fits_heads, read_options
-from .base import TrunkCommon
+from ._transformer_common import (
+    TransformerTrunk,
+    check_image_batch,
+    check_patch_fits,
+    check_width_fits_heads,
+    common_options,
+    read_options,
+)
+from .base import FeatureInfo, TrunkCommon
 
 _FEATURE = re.compile(r"^(lastCLS)$|^blkCLS(-?\d+)$|^concatCLS(\d+)$")
 
@@ -226,21 +233,23 @@ class BEiTOptions:
         ]
         out = cls(**read_options(section, key, fields))
         check_width_fits_heads(key, out.hidden_dim, out.num_heads)
-        if out.image_size < out.patch_size:
-            raise ConfigError(f"{key}IMAGE_SIZE: got {out.image_size}, smaller than PATCH_SIZE {out.patch_size}")
+        check_patch_fits(key, out.image_size, out.patch_size)
         return out
 
 
-class BEiT(nn.Module):
+class BEiT(TransformerTrunk):
     """BEiT vision transformer trunk (see the module docstring for keys and feature names)."""
 
-    def __init__(self, options: BEiTOptions = BEiTOptions(), use_checkpoint: bool = False) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        options: BEiTOptions = BEiTOptions(),
+        common: TrunkCommon = TrunkCommon(input_type="rgb", apply_input_type=False),
+    ) -> None:
+        super().__init__(common)
         o = options
         self.options = options
         self.depth = o.num_layers
-        self.use_checkpoint = use_checkpoint
-        self.num_features = self.embed_dim = o.hidden_dim
+        self.embed_dim = o.hidden_dim
         norm_layer = lambda dim: nn.LayerNorm(dim, eps=1e-6)  # noqa: E731
         self.patch_embed = PatchEmbed(o.image_size, o.patch_size, 3, o.hidden_dim)
         window = self.patch_embed.feat_map_size
@@ -271,14 +280,14 @@ class BEiT(nn.Module):
                 blk.attn.proj.weight.div_(math.sqrt(2.0 * (i + 1)))
                 blk.mlp.fc2.weight.div_(math.sqrt(2.0 * (i + 1)))
 
-    @property
-    def feature_names(self) -> List[str]:
-        """Names accepted in ``out_feat_keys``."""
-        return (
-            ["lastCLS"]
-            + [f"blkCLS{i}" for i in range(self.depth)]
-            + [f"concatCLS{n}" for n in range(1, self.depth + 1)]
+        self.default_input_size = (o.image_size, o.image_size)
+        self.feature_info = (
+            [FeatureInfo("lastCLS", o.hidden_dim, None, "vector", "norm")]
+            + [FeatureInfo(f"blkCLS{i}", o.hidden_dim, None, "vector", f"blocks.{i}") for i in range(self.depth)]
+            + [FeatureInfo(f"concatCLS{n}", n * o.hidden_dim, None, "vector", "norm") for n in range(1, self.depth + 1)]
         )
+        self.default_feature = "lastCLS"
+        self.intermediate_features = [f"blocks.{i}" for i in range(self.depth)]
 
     def _parse(self, name: str) -> Tuple[str, int]:
         match = _FEATURE.match(name)
@@ -297,6 +306,7 @@ class BEiT(nn.Module):
 
     def prepare_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Patch tokens with the class token prepended and the absolute positions added."""
+        check_image_batch(x, "BEiT")
         H, W = x.shape[-2:]
         if (H, W) != tuple(self.patch_embed.img_size):
             raise ValueError(
@@ -309,34 +319,100 @@ class BEiT(nn.Module):
             x = x + self.pos_embed
         return self.pos_drop(x)
 
-    def forward(self, x: torch.Tensor, out_feat_keys: Optional[Sequence[str]] = None) -> List[torch.Tensor]:
-        requests = [self._parse(n) for n in (out_feat_keys or ["lastCLS"])]
+    def _run_block(self, blk: nn.Module, x: torch.Tensor, rel_pos_bias: Optional[torch.Tensor]) -> torch.Tensor:
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint_without_bn_double_update(blk, x, rel_pos_bias)
+        return blk(x, rel_pos_bias=rel_pos_bias)
+
+    def feature_dict(self, x: torch.Tensor, names: Optional[Sequence[str]] = None) -> Dict[str, torch.Tensor]:
+        """``{name: feature}`` for ``names`` (default ``lastCLS``), running the blocks once, up to
+        the last one needed."""
+        requests = {n: self._parse(n) for n in (names or ["lastCLS"])}
         needed = set()
-        for kind, v in requests:
+        for kind, v in requests.values():
             needed.update(range(self.depth - v, self.depth) if kind == "concat" else [v])
-        last = max(needed)
         x = self.prepare_tokens(x)
         rel_pos_bias = self.rel_pos_bias() if self.rel_pos_bias is not None else None
         cls: Dict[int, torch.Tensor] = {}
-        for i, blk in enumerate(self.blocks[: last + 1]):
-            if self.use_checkpoint and self.training and torch.is_grad_enabled():
-                x = checkpoint_without_bn_double_update(blk, x, rel_pos_bias)
-            else:
-                x = blk(x, rel_pos_bias=rel_pos_bias)
+        for i, blk in enumerate(self.blocks[: max(needed) + 1]):
+            x = self._run_block(blk, x, rel_pos_bias)
             if i in needed:
                 cls[i] = self.norm(x[:, 0])  # the norm is per token: the class token's alone suffices
-        out = []
-        for kind, v in requests:  # requested order, duplicates included, as in the original
+        out: Dict[str, torch.Tensor] = {}
+        for name, (kind, v) in requests.items():
             if kind == "concat":
-                out.append(torch.cat([cls[i] for i in range(self.depth - v, self.depth)], dim=-1))
+                out[name] = torch.cat([cls[i] for i in range(self.depth - v, self.depth)], dim=-1)
             else:
-                out.append(cls[v])
+                out[name] = cls[v]
         return out
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Every token of the last block through ``norm``: ``(B, 1 + H*W, C)`` (timm's meaning)."""
+        x = self.prepare_tokens(x)
+        rel_pos_bias = self.rel_pos_bias() if self.rel_pos_bias is not None else None
+        for blk in self.blocks:
+            x = self._run_block(blk, x, rel_pos_bias)
+        return self.norm(x)
+
+    def _intermediates(self, x, taken, stop, norm, want_final):
+        grid = self.patch_embed.feat_map_size
+        x = self.prepare_tokens(x)
+        rel_pos_bias = self.rel_pos_bias() if self.rel_pos_bias is not None else None
+        found = []
+        for i, blk in enumerate(self.blocks if stop is None else self.blocks[: stop + 1]):
+            x = self._run_block(blk, x, rel_pos_bias)
+            if i in taken:
+                found.append(((self.norm(x) if norm else x)[:, 1:], grid))
+        return (self.norm(x) if want_final else None), found
+
+    @torch.no_grad()
+    def resize_pos_embed(self, size: int) -> None:
+        """Make ``size`` the trunk's (square) input size, in place: the absolute positional
+        embedding is resampled bicubically as the vision transformer does, the relative-position
+        tables (offsets grid; the three class-token entries kept) bicubically to the new window."""
+        size = opt.as_int("resize_pos_embed: size", size, minimum=1)
+        check_patch_fits("resize_pos_embed: ", size, self.patch_embed.patch_size[0])
+        old_grid = self.patch_embed.feat_map_size
+        self.patch_embed.set_img_size(size)
+        grid = self.patch_embed.feat_map_size
+        if self.pos_embed is not None:
+            pos = interpolate_pos_embed(self.pos_embed, 1 + grid[0] * grid[1], old_grid, grid, 1)
+            self.pos_embed = nn.Parameter(pos.clone(), requires_grad=self.pos_embed.requires_grad)
+        tables = [self.rel_pos_bias] if self.rel_pos_bias is not None else []
+        tables += [blk.attn for blk in self.blocks if blk.attn.relative_position_bias_table is not None]
+        for module in tables:
+            module.relative_position_bias_table = nn.Parameter(
+                resize_relative_position_table(module.relative_position_bias_table, old_grid, grid),
+                requires_grad=module.relative_position_bias_table.requires_grad,
+            )
+            module.window_size = tuple(grid)
+            index = beit_relative_position_index(grid).to(module.relative_position_index.device)
+            module.register_buffer("relative_position_index", index)
+        self.options = replace(self.options, image_size=size)
+        self.default_input_size = (size, size)
+
+    def forward(self, x: torch.Tensor, out_feat_keys: Optional[Sequence[str]] = None) -> List[torch.Tensor]:
+        """One feature per name, in the order asked, repeats included (as the original)."""
+        names = list(out_feat_keys or ["lastCLS"])
+        feats = self.feature_dict(x, names)
+        return [feats[n] for n in names]
+
+
+def resize_relative_position_table(table: torch.Tensor, window: Tuple[int, int], new: Tuple[int, int]) -> torch.Tensor:
+    """A BEiT relative-position table for ``window`` resampled for ``new``: the
+    ``(2Wh-1) x (2Ww-1)`` offsets grid bicubically, the three class-token rows kept."""
+    if tuple(window) == tuple(new):
+        return table.clone()
+    heads = table.shape[1]
+    src = (2 * window[0] - 1, 2 * window[1] - 1)
+    dst = (2 * new[0] - 1, 2 * new[1] - 1)
+    grid = table[: src[0] * src[1]].T.reshape(1, heads, src[0], src[1])
+    grid = F.interpolate(grid.float(), size=dst, mode="bicubic", align_corners=False).to(table.dtype)
+    return torch.cat((grid.reshape(heads, -1).T, table[src[0] * src[1]:]), dim=0)
 
 
 @register_model_trunk("beit")
 def build_beit(model_config: Mapping, model_name: str = "beit") -> BEiT:
     """Build the ``beit`` trunk from ``MODEL`` (reads ``TRUNK.BEIT``; ``INPUT_TYPE`` must be rgb or bgr)."""
-    common = TrunkCommon.from_config(model_config)
-    check_rgb_or_bgr(common.input_type, "BEiT")
-    return BEiT(BEiTOptions.from_config(model_config["TRUNK"]["BEIT"]), use_checkpoint=common.use_checkpointing)
+    options = BEiTOptions.from_config(model_config["TRUNK"]["BEIT"])
+    return BEiT(options, common_options(model_config, model_name))

@@ -19,19 +19,29 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import List, Mapping, Optional, Sequence
+from dataclasses import dataclass, replace
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config.loader import ConfigError
 from ..layers import lecun_normal_init
 from ..layers.transformer import MLPBlock, resample_token_grid
 from ..registry import register_model_trunk
-from ._transformer_common import check_divisible, choice_of, non_negative_int, read_options
-from .base import check_single_feature
+from ..config import options as opt
+from ..layers.checkpointing import checkpoint_without_bn_double_update
+from ._transformer_common import (
+    TransformerTrunk,
+    check_divisible,
+    check_patch_fits,
+    check_width_fits_heads,
+    choice_of,
+    common_options,
+    non_negative_int,
+    read_options,
+)
+from .base import FeatureInfo, TrunkCommon, check_single_feature
 
 CLASSIFIERS = ("token", "gap")
 
@@ -63,8 +73,9 @@ class ClassyViTOptions:
 
     def validate(self, key: str = "") -> None:
         """Raise a ``ConfigError`` for combinations classy_vision rejects."""
+        check_patch_fits(key, self.image_size, self.patch_size)
         check_divisible(key, "IMAGE_SIZE", self.image_size, "PATCH_SIZE", self.patch_size)
-        check_divisible(key, "HIDDEN_DIM", self.hidden_dim, "NUM_HEADS", self.num_heads)
+        check_width_fits_heads(key, self.hidden_dim, self.num_heads)
 
 
 class PackedSelfAttention(nn.Module):
@@ -143,9 +154,19 @@ class Encoder(nn.Module):
         )
         self.ln = nn.LayerNorm(hidden_dim, eps=1e-6)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.pos_embedding.transpose(0, 1)
-        return self.ln(self.layers(self.dropout(x)))
+    def forward(
+        self, x: torch.Tensor, stop: Optional[int] = None, checkpointing: bool = False
+    ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """Tokens after layers ``0..stop`` (None: all): the last ones un-normalised, and every layer's."""
+        x = self.dropout(x + self.pos_embedding.transpose(0, 1))
+        outs = []
+        for layer in self.layers if stop is None else self.layers[: stop + 1]:
+            if checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint_without_bn_double_update(layer, x)
+            else:
+                x = layer(x)
+            outs.append(x)
+        return x, outs
 
 
 class ClassyVisionTransformer(nn.Module):
@@ -161,6 +182,7 @@ class ClassyVisionTransformer(nn.Module):
         self.patch_size = options.patch_size
         self.hidden_dim = options.hidden_dim
         self.classifier = options.classifier
+        self.grad_checkpointing = False
         self.conv_proj = nn.Conv2d(3, options.hidden_dim, kernel_size=options.patch_size, stride=options.patch_size)
         seq_length = (options.image_size // options.patch_size) ** 2
         if options.classifier == "token":
@@ -181,7 +203,13 @@ class ClassyVisionTransformer(nn.Module):
         lecun_normal_init(self.conv_proj.weight, fan_in=self.conv_proj.in_channels * kh * kw)
         nn.init.zeros_(self.conv_proj.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @property
+    def num_prefix_tokens(self) -> int:
+        return 1 if self.classifier == "token" else 0
+
+    def encode(self, x: torch.Tensor, stop: Optional[int] = None) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """Patch tokens (class token first with ``token``) through the encoder layers ``0..stop``:
+        the last tokens un-normalised, and every layer's."""
         if x.ndim != 4 or x.shape[-2] != self.image_size or x.shape[-1] != self.image_size:
             raise ValueError(
                 f"classy_vit takes (B, 3, {self.image_size}, {self.image_size}) images "
@@ -190,25 +218,70 @@ class ClassyVisionTransformer(nn.Module):
         x = self.conv_proj(x).flatten(2).transpose(1, 2)
         if self.classifier == "token":
             x = torch.cat([self.class_token.expand(x.shape[0], -1, -1), x], dim=1)
-        x = self.encoder(x)
+        return self.encoder(x, stop, self.grad_checkpointing)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Every token after the final LayerNorm: ``(B, tokens, hidden_dim)``."""
+        return self.encoder.ln(self.encode(x)[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_features(x)
         x = x[:, 0] if self.classifier == "token" else x.mean(dim=1)
         return self.trunk_output(x)
 
 
-class ClassyViT(nn.Module):
-    """The ``classy_vit`` trunk: a :class:`ClassyVisionTransformer` under ``model``."""
+class ClassyViT(TransformerTrunk):
+    """The ``classy_vit`` trunk: a :class:`ClassyVisionTransformer` under ``model``.
 
-    def __init__(self, options: ClassyViTOptions = ClassyViTOptions()) -> None:
-        super().__init__()
+    Its one feature is ``lastCLS`` (``CLASSIFIER: token``) or ``lastPOOL`` (``gap``); ``forward``
+    returns it whatever single name is asked, as the original.
+    """
+
+    def __init__(
+        self,
+        options: ClassyViTOptions = ClassyViTOptions(),
+        common: TrunkCommon = TrunkCommon(input_type="rgb", apply_input_type=False),
+    ) -> None:
+        super().__init__(common)
         self.options = options
         self.model = ClassyVisionTransformer(options)
+        self.default_input_size = (options.image_size, options.image_size)
+        self.default_feature = "lastCLS" if options.classifier == "token" else "lastPOOL"
+        self.feature_info = [FeatureInfo(self.default_feature, options.hidden_dim, None, "vector", "model.encoder.ln")]
+        self.intermediate_features = [f"model.encoder.layers.layer_{i}" for i in range(options.num_layers)]
+        self.set_grad_checkpointing(common.use_checkpointing)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each encoder layer in backward (``MODEL.ACTIVATION_CHECKPOINTING`` at build)."""
+        super().set_grad_checkpointing(enable)
+        self.model.grad_checkpointing = bool(enable)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Every token after the encoder's final LayerNorm: ``(B, tokens, hidden_dim)`` (timm's meaning)."""
+        return self.model.forward_features(x)
+
+    def feature_dict(self, x: torch.Tensor, names: Optional[Sequence[str]] = None) -> Dict[str, torch.Tensor]:
+        """``{default_feature: (B, hidden_dim)}``."""
+        names = list(names) if names else [self.default_feature]
+        self.check_feature_names(names)
+        feat = self.model(x)
+        return {n: feat for n in names}
+
+    def _intermediates(self, x, taken, stop, norm, want_final):
+        grid = (self.model.image_size // self.model.patch_size,) * 2
+        x, outs = self.model.encode(x, stop)
+        ln, prefix = self.model.encoder.ln, self.model.num_prefix_tokens
+        found = [((ln(y) if norm else y)[:, prefix:], grid) for i, y in enumerate(outs) if i in taken]
+        return (ln(x) if want_final else None), found
 
     def forward(self, x: torch.Tensor, out_feat_keys: Optional[Sequence[str]] = None) -> List[torch.Tensor]:
+        """``[feature]`` whatever one name is asked (as the original); more than one name raises."""
         check_single_feature("classy_vit", out_feat_keys)
         return [self.model(x)]
 
-    def interpolate_position_embedding(self, pos_embedding: torch.Tensor) -> torch.Tensor:
-        """Resize a checkpoint's ``model.encoder.pos_embedding`` ``(seq, 1, dim)`` to this model's grid.
+    def interpolate_position_embedding(self, pos_embedding: torch.Tensor, grid: Optional[int] = None) -> torch.Tensor:
+        """Resize a checkpoint's ``model.encoder.pos_embedding`` ``(seq, 1, dim)`` to this model's grid
+        (or to ``grid`` patches a side).
 
         As classy_vision's ``set_classy_state``: the class-token row is kept, the patch grid is
         resized bicubically with ``align_corners=True``.
@@ -218,23 +291,37 @@ class ClassyViT(nn.Module):
             raise ValueError(
                 f"position embedding of shape {tuple(pos_embedding.shape)}, expected (seq, 1, {self.model.hidden_dim})"
             )
-        if seq_length == self.model.seq_length:
+        n_token = self.model.num_prefix_tokens
+        new_grid = self.model.image_size // self.model.patch_size if grid is None else grid
+        if seq_length == n_token + new_grid * new_grid:
             return pos_embedding
-        n_token = 1 if self.model.classifier == "token" else 0
-        grid = math.isqrt(seq_length - n_token)
-        if grid * grid != seq_length - n_token:
+        old_grid = math.isqrt(seq_length - n_token)
+        if old_grid * old_grid != seq_length - n_token:
             raise ValueError(f"position embedding of length {seq_length} does not hold a square patch grid")
-        new_grid = self.model.image_size // self.model.patch_size
         img = resample_token_grid(
-            pos_embedding[n_token:].transpose(0, 1), (grid, grid), size=new_grid, mode="bicubic", align_corners=True
+            pos_embedding[n_token:].transpose(0, 1), (old_grid, old_grid), size=new_grid, mode="bicubic",
+            align_corners=True,
         )
         return torch.cat([pos_embedding[:n_token], img.transpose(0, 1)], dim=0)
+
+    @torch.no_grad()
+    def resize_pos_embed(self, size: int) -> None:
+        """Make ``size`` the trunk's (square) input size, in place, resizing the positional
+        embedding the way classy_vision loads a checkpoint made at another size."""
+        size = opt.as_int("resize_pos_embed: size", size, minimum=1)
+        check_patch_fits("resize_pos_embed: ", size, self.model.patch_size)
+        old = self.model.encoder.pos_embedding
+        pos = self.interpolate_position_embedding(old.detach(), size // self.model.patch_size)
+        self.model.encoder.pos_embedding = nn.Parameter(pos.clone(), requires_grad=old.requires_grad)
+        self.model.image_size = size
+        self.model.seq_length = pos.shape[0]
+        self.options = replace(self.options, image_size=size)
+        self.default_input_size = (size, size)
 
 
 @register_model_trunk("classy_vit")
 def build_classy_vit(model_config: Mapping, model_name: str = "classy_vit") -> ClassyViT:
-    """Build ``classy_vit`` from ``MODEL`` (reads ``TRUNK.VISION_TRANSFORMERS`` and ``INPUT_TYPE``)."""
-    input_type = model_config["INPUT_TYPE"]
-    if input_type not in ("rgb", "bgr"):
-        raise ConfigError(f"MODEL.INPUT_TYPE: got {input_type!r}, trunk 'classy_vit' takes 'rgb' or 'bgr'")
-    return ClassyViT(ClassyViTOptions.from_config(model_config["TRUNK"]["VISION_TRANSFORMERS"]))
+    """Build ``classy_vit`` from ``MODEL`` (reads ``TRUNK.VISION_TRANSFORMERS`` and the shared options:
+    rgb or bgr input, used as given; activation checkpointing)."""
+    options = ClassyViTOptions.from_config(model_config["TRUNK"]["VISION_TRANSFORMERS"])
+    return ClassyViT(options, common_options(model_config, model_name))

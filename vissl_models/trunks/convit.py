@@ -11,14 +11,16 @@ The class token joins after the GPSA layers (``CLASS_TOKEN_IN_LOCAL_LAYERS: fals
 is the final class token (``CLASSIFIER: token``) or the mean of all tokens (``gap``). The trunk
 returns one feature and, like the original, does not select by ``out_feat_keys`` (one name is
 accepted, more raise). Crops of another size use the positional embedding resized bicubically,
-as in the original. ``MODEL.INPUT_TYPE`` is not read: images are used as given, with 3 channels.
+as in the original; ``resize_pos_embed`` stores it for a new size. ``MODEL.INPUT_TYPE`` must be
+rgb or bgr, and images are used as given, with 3 channels (the original did not read the key).
+``MODEL.ACTIVATION_CHECKPOINTING`` (``set_grad_checkpointing``) recomputes each block in backward.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import List, Mapping, Optional, Sequence
+from dataclasses import dataclass, replace
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,27 +29,26 @@ from torch import nn
 from ..config import options as opt
 from ..config.loader import ConfigError
 from ..layers import trunc_normal_
+from ..layers.checkpointing import checkpoint_without_bn_double_update
 from ..layers.drop import drop_path_rates, optional_drop_path
 from ..layers.init import init_linear_trunc_normal, init_transformer_weights
 from ..layers.transformer import Attention, MLPBlock, PatchEmbed, attention_scale, resample_token_grid
 from ..registry import register_model_trunk
 from ._transformer_common import (
+    TransformerTrunk,
     check_divisible,
+    check_no_hybrid,
+    check_patch_fits,
+    check_width_fits_heads,
     choice_of,
+    common_options,
     non_negative_int,
     optional_qk_scale,
     positive_int,
     read_options,
 )
-from .base import check_single_feature
+from .base import FeatureInfo, TrunkCommon, check_single_feature
 from .classy_vit import CLASSIFIERS
-
-
-def parse_qk_scale(key: str, value) -> Optional[float]:
-    """``QK_SCALE``: false/null/0 mean ``head_dim ** -0.5`` (the original's ``qk_scale or default``)."""
-    if value is True:
-        raise ConfigError(f"{key}: got true, expected false (default scale) or a number")
-    return optional_qk_scale(key, value)
 
 
 @dataclass(frozen=True)
@@ -77,10 +78,14 @@ class ConViTOptions:
         """Read ``TRUNK.VISION_TRANSFORMERS`` and ``TRUNK.CONVIT`` (``trunk_config`` is ``MODEL.TRUNK``)."""
         vit, convit = trunk_config["VISION_TRANSFORMERS"], trunk_config["CONVIT"]
         vkey, ckey = "MODEL.TRUNK.VISION_TRANSFORMERS.", "MODEL.TRUNK.CONVIT."
-        if vit.get("HYBRID") is not None:
-            raise ConfigError(f"{vkey}HYBRID: got {vit['HYBRID']!r}; hybrid CNN backbones are not supported")
-        qkv_bias = opt.as_bool(vkey + "QKV_BIAS", vit["QKV_BIAS"])
-        qk_scale = parse_qk_scale(vkey + "QK_SCALE", vit["QK_SCALE"])
+        check_no_hybrid(vit, vkey)
+        vit_fields = [
+            "image_size", "patch_size", ("num_layers", non_negative_int), "num_heads", "hidden_dim", "mlp_dim",
+            "dropout_rate", "attention_dropout_rate", "drop_path_rate", ("classifier", choice_of(CLASSIFIERS)),
+            "qkv_bias", "qk_scale",
+        ]
+        vit_options = read_options(vit, vkey, vit_fields)
+        qkv_bias, qk_scale = vit_options["qkv_bias"], vit_options["qk_scale"]
         # The original merged CONVIT under VISION_TRANSFORMERS, so these two keys in CONVIT were
         # overridden; a different value there would silently not apply, hence the error.
         if "QKV_BIAS" in convit and opt.as_bool(ckey + "QKV_BIAS", convit["QKV_BIAS"]) != qkv_bias:
@@ -88,32 +93,24 @@ class ConViTOptions:
                 f"{ckey}QKV_BIAS: {convit['QKV_BIAS']!r} differs from {vkey}QKV_BIAS ({qkv_bias}), which is "
                 "the one that applies; set it under VISION_TRANSFORMERS"
             )
-        if "QK_SCALE" in convit and parse_qk_scale(ckey + "QK_SCALE", convit["QK_SCALE"]) != qk_scale:
+        if "QK_SCALE" in convit and optional_qk_scale(ckey + "QK_SCALE", convit["QK_SCALE"]) != qk_scale:
             raise ConfigError(
                 f"{ckey}QK_SCALE: {convit['QK_SCALE']!r} differs from {vkey}QK_SCALE ({vit['QK_SCALE']!r}), "
                 "which is the one that applies; set it under VISION_TRANSFORMERS"
             )
-        vit_fields = [
-            "image_size", "patch_size", ("num_layers", non_negative_int), "num_heads", "hidden_dim", "mlp_dim",
-            "dropout_rate", "attention_dropout_rate", "drop_path_rate", ("classifier", choice_of(CLASSIFIERS)),
-        ]
         convit_fields = [
             ("n_gpsa_layers", non_negative_int), ("class_token_in_local_layers", opt.as_bool),
             ("locality_strength", opt.as_float), ("locality_dim", positive_int), ("use_local_init", opt.as_bool),
         ]
-        options = cls(
-            **read_options(vit, vkey, vit_fields),
-            qkv_bias=qkv_bias,
-            qk_scale=qk_scale,
-            **read_options(convit, ckey, convit_fields),
-        )
+        options = cls(**vit_options, **read_options(convit, ckey, convit_fields))
         options.validate(vkey, ckey)
         return options
 
     def validate(self, vkey: str = "", ckey: str = "") -> None:
         """Raise a ``ConfigError`` for combinations the original rejects or cannot run."""
+        check_patch_fits(vkey, self.image_size, self.patch_size)
         check_divisible(vkey, "IMAGE_SIZE", self.image_size, "PATCH_SIZE", self.patch_size)
-        check_divisible(vkey, "HIDDEN_DIM", self.hidden_dim, "NUM_HEADS", self.num_heads)
+        check_width_fits_heads(vkey, self.hidden_dim, self.num_heads)
         if self.class_token_in_local_layers and self.n_gpsa_layers > 0:
             # GPSA's relative positions cover the square patch grid only; the original fails in
             # its first forward with this combination.
@@ -266,7 +263,7 @@ class ConViTBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class ConViT(nn.Module):
+class ConViT(TransformerTrunk):
     """ConViT: ``n_gpsa_layers`` GPSA layers, then multi-head self-attention layers.
 
     ``forward(x)`` returns ``[feature]`` with ``feature`` of shape ``(B, hidden_dim)``.
@@ -275,14 +272,18 @@ class ConViT(nn.Module):
     the local one and so erased it, which made ``USE_LOCAL_INIT`` a no-op; here the option works.)
     """
 
-    def __init__(self, options: ConViTOptions = ConViTOptions()) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        options: ConViTOptions = ConViTOptions(),
+        common: TrunkCommon = TrunkCommon(input_type="rgb", apply_input_type=False),
+    ) -> None:
+        super().__init__(common)
         options.validate()
         self.options = options
         self.classifier = options.classifier
         self.n_gpsa_layers = options.n_gpsa_layers
         self.class_token_in_local_layers = options.class_token_in_local_layers
-        self.num_features = self.embed_dim = self.hidden_dim = dim = options.hidden_dim
+        self.embed_dim = self.hidden_dim = dim = options.hidden_dim
         self.image_size, self.patch_size = options.image_size, options.patch_size
         self.patch_embed = PatchEmbed(img_size=options.image_size, patch_size=options.patch_size, in_chans=3, embed_dim=dim)
         self.seq_length = self.patch_embed.num_patches
@@ -320,6 +321,11 @@ class ConViT(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.reset_parameters()
 
+        self.default_input_size = (options.image_size, options.image_size)
+        self.default_feature = "lastCLS" if self.classifier == "token" else "lastPOOL"
+        self.feature_info = [FeatureInfo(self.default_feature, dim, None, "vector", "norm")]
+        self.intermediate_features = [f"blocks.{i}" for i in range(options.num_layers)]
+
     def reset_parameters(self) -> None:
         trunc_normal_(self.pos_embedding, std=0.02)
         trunc_normal_(self.class_token, std=0.02)
@@ -345,8 +351,14 @@ class ConViT(nn.Module):
             return self.pos_embedding
         return resample_token_grid(self.pos_embedding, (grid0, grid0), size=(grid, grid), mode="bicubic")
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W)`` square images to ``(B, hidden_dim)``."""
+    def _run_block(self, block: nn.Module, x: torch.Tensor, grid: int) -> torch.Tensor:
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint_without_bn_double_update(block, x, grid)
+        return block(x, grid)
+
+    def _blocks(self, x: torch.Tensor, stop: Optional[int] = None, taken=(), norm: bool = False):
+        """Run the blocks up to ``stop`` (None: all) on ``(B, 3, H, W)`` square images; return the
+        tokens and the patch tokens of the blocks in ``taken`` (class token stripped)."""
         if x.ndim != 4 or x.shape[-2] != x.shape[-1]:
             raise ValueError(f"convit takes square (B, 3, H, W) images, got shape {tuple(x.shape)}")
         B, grid = x.shape[0], x.shape[-1] // self.patch_size
@@ -355,16 +367,52 @@ class ConViT(nn.Module):
         class_tokens = self.class_token.expand(B, -1, -1)
         if self.class_token_in_local_layers:
             x = torch.cat((class_tokens, x), dim=1)
-        for i, block in enumerate(self.blocks):
+        found = []
+        for i, block in enumerate(self.blocks if stop is None else self.blocks[: stop + 1]):
             if i == self.n_gpsa_layers and not self.class_token_in_local_layers:
                 x = torch.cat((class_tokens, x), dim=1)
-            x = block(x, grid)
-        x = self.norm(x)
-        return x[:, 0] if self.classifier == "token" else x.mean(dim=1)
+            x = self._run_block(block, x, grid)
+            if i in taken:
+                y = self.norm(x) if norm else x
+                prefix = 1 if self.class_token_in_local_layers or i >= self.n_gpsa_layers else 0
+                found.append((y[:, prefix:], (grid, grid)))
+        return x, found
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Every token of the last block, normalised: ``(B, 1 + H*W, hidden_dim)`` (timm's meaning)."""
+        return self.norm(self._blocks(x)[0])
+
+    def feature_dict(self, x: torch.Tensor, names: Optional[Sequence[str]] = None) -> Dict[str, torch.Tensor]:
+        """``{default_feature: (B, hidden_dim)}``: the final class token (``lastCLS``, ``CLASSIFIER:
+        token``) or the mean of all tokens (``lastPOOL``, ``gap``)."""
+        names = list(names) if names else [self.default_feature]
+        self.check_feature_names(names)
+        x = self.forward_features(x)
+        feat = x[:, 0] if self.classifier == "token" else x.mean(dim=1)
+        return {n: feat for n in names}
+
+    def _intermediates(self, x, taken, stop, norm, want_final):
+        x, found = self._blocks(x, stop, taken, norm)
+        return (self.norm(x) if want_final else None), found
 
     def forward(self, x: torch.Tensor, out_feat_keys: Optional[Sequence[str]] = None) -> List[torch.Tensor]:
+        """``[feature]`` whatever one name is asked (as the original); more than one name raises."""
         check_single_feature("convit", out_feat_keys)
-        return [self.forward_features(x)]
+        return [self.feature_dict(x)[self.default_feature]]
+
+    @torch.no_grad()
+    def resize_pos_embed(self, size: int) -> None:
+        """Make ``size`` the trunk's (square) input size, in place: ``pos_embedding`` is resized
+        bicubically, as a forward at that size would do it, and stored."""
+        size = opt.as_int("resize_pos_embed: size", size, minimum=1)
+        check_patch_fits("resize_pos_embed: ", size, self.patch_size)
+        pos = self._pos_embedding_for(size // self.patch_size)
+        self.pos_embedding = nn.Parameter(pos.clone(), requires_grad=self.pos_embedding.requires_grad)
+        self.image_size = size
+        self.patch_embed.set_img_size(size)
+        self.seq_length = self.patch_embed.num_patches
+        self.options = replace(self.options, image_size=size)
+        self.default_input_size = (size, size)
 
     def interpolate_position_embedding(self, pos_embedding: torch.Tensor) -> torch.Tensor:
         """Resize a checkpoint's ``pos_embedding`` ``(1, seq, dim)`` to this model's grid (bicubic,
@@ -385,5 +433,6 @@ class ConViT(nn.Module):
 
 @register_model_trunk("convit")
 def build_convit(model_config: Mapping, model_name: str = "convit") -> ConViT:
-    """Build ``convit`` from ``MODEL`` (reads ``TRUNK.VISION_TRANSFORMERS`` and ``TRUNK.CONVIT``)."""
-    return ConViT(ConViTOptions.from_config(model_config["TRUNK"]))
+    """Build ``convit`` from ``MODEL`` (reads ``TRUNK.VISION_TRANSFORMERS``, ``TRUNK.CONVIT`` and the
+    shared options: rgb or bgr input, used as given; activation checkpointing)."""
+    return ConViT(ConViTOptions.from_config(model_config["TRUNK"]), common_options(model_config, model_name))

@@ -17,15 +17,15 @@ Window attention runs through ``scaled_dot_product_attention`` with the relative
 
 Feature names: ``lastCLS``, the layer-normalised, token-averaged output of the last stage (the
 original returned this feature whatever was asked; its configs ask for ``lastCLS``).
-As in the original, ``MODEL.INPUT_TYPE`` is not acted on (three input channels);
-``MODEL.ACTIVATION_CHECKPOINTING`` recomputes each block in backward.
+``MODEL.INPUT_TYPE`` must be rgb or bgr and, as in the original, the input is used as given;
+``MODEL.ACTIVATION_CHECKPOINTING`` (``set_grad_checkpointing``) recomputes each block in backward.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -46,8 +46,15 @@ from ..layers.transformer import (
     to_2tuple,
 )
 from ..registry import register_model_trunk
-from ._transformer_common import positive_int, read_options
-from .base import TrunkCommon, requested_features
+from ._transformer_common import (
+    TransformerTrunk,
+    check_image_batch,
+    check_patch_fits,
+    common_options,
+    positive_int,
+    read_options,
+)
+from .base import FeatureInfo, TrunkCommon, requested_features
 
 FEATURES = ("lastCLS",)
 # Additive bias between tokens of different regions of a shifted window (the original's value).
@@ -142,7 +149,7 @@ class WindowAttention(AttentionBase):
         return self.proj_drop(self.proj(out.reshape(B_, N, C)))
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, window_size={self.window_size}, num_heads={self.num_heads}"
+        return f"{self.dim} channels in {self.num_heads} heads, {self.window_size[0]}x{self.window_size[1]} windows"
 
 
 class SwinTransformerBlock(PreNormBlock):
@@ -174,8 +181,8 @@ class SwinTransformerBlock(PreNormBlock):
             window_size = min(input_resolution)
         if not 0 <= shift_size < window_size:
             raise ValueError(
-                f"swin block: shift size {shift_size} must be in [0, window size {window_size}) "
-                f"(feature map {input_resolution})"
+                f"swin block on a {input_resolution[0]}x{input_resolution[1]} map: a shift of {shift_size} does not "
+                f"fit a window of {window_size} (it needs 0 <= shift < window)"
             )
         super().__init__(
             dim, num_heads, mlp_ratio, qkv_bias, qk_scale, drop, attn_drop, drop_path, norm_layer=norm_layer,
@@ -229,9 +236,10 @@ class SwinTransformerBlock(PreNormBlock):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
     def extra_repr(self) -> str:
+        h, w = self.input_resolution
         return (
-            f"dim={self.dim}, input_resolution={self.input_resolution}, num_heads={self.num_heads}, "
-            f"window_size={self.window_size}, shift_size={self.shift_size}, mlp_ratio={self.mlp_ratio}"
+            f"{self.dim} channels in {self.num_heads} heads on a {h}x{w} map, {self.window_size}x{self.window_size} "
+            f"windows shifted by {self.shift_size}, MLP {self.mlp_ratio:g}x wide"
         )
 
 
@@ -251,13 +259,14 @@ class PatchMerging(nn.Module):
         B, H, W, C = x.shape
         if H % 2 or W % 2:
             if self.official:
-                raise ValueError(f"patch merging needs an even feature map, got {(H, W)}")
+                raise ValueError(f"swin_transformer_official merges 2x2 patches and cannot pad: got an odd {H}x{W} map")
             x = F.pad(x, (0, 0, 0, W % 2, 0, H % 2))
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1)
         return self.reduction(self.norm(x))
 
     def extra_repr(self) -> str:
-        return f"input_resolution={self.input_resolution}, dim={self.dim}"
+        h, w = self.input_resolution
+        return f"{h}x{w} map of {self.dim} channels to {(h + 1) // 2}x{(w + 1) // 2} of {2 * self.dim}"
 
 
 class BasicLayer(nn.Module):
@@ -297,18 +306,24 @@ class BasicLayer(nn.Module):
         )
         self.downsample = PatchMerging(input_resolution, dim, norm_layer, official) if downsample else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def run_blocks(self, x: torch.Tensor) -> torch.Tensor:
+        """The stage's blocks, without the patch merging after them."""
         for blk in self.blocks:
             if self.use_checkpoint and self.training and torch.is_grad_enabled():
                 x = checkpoint_without_bn_double_update(blk, x)
             else:
                 x = blk(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.run_blocks(x)
         if self.downsample is not None:
             x = self.downsample(x)
         return x
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, input_resolution={self.input_resolution}, depth={self.depth}"
+        h, w = self.input_resolution
+        return f"{self.depth} blocks of {self.dim} channels on a {h}x{w} map"
 
 
 class SwinPatchEmbed(PatchEmbed):
@@ -370,6 +385,7 @@ class SwinOptions:
             "qkv_bias", "qk_scale",
         ]
         out = cls(**read_options(section, key, fields))
+        check_patch_fits(key, out.image_size, out.patch_size)
         if len(out.depths) != len(out.num_heads):
             raise ConfigError(
                 f"{key}NUM_HEADS: got {list(out.num_heads)}, expected one entry per stage of DEPTHS {list(out.depths)}"
@@ -385,23 +401,29 @@ class SwinOptions:
         return out
 
 
-class SwinTransformer(nn.Module):
-    """Swin Transformer trunk returning the average of the final normalised tokens.
+class SwinTransformer(TransformerTrunk):
+    """Swin Transformer trunk returning the average of the final normalised tokens (``lastCLS``).
 
     ``official`` selects the fixed-size behaviour of ``swin_transformer_official`` (see the module
-    docstring); the weights are the same for both.
+    docstring); the weights are the same for both. ``forward_features`` is the final normalised
+    map ``(B, H, W, C)`` (timm's layout) and ``forward_intermediates`` indexes the stages, each
+    taken after its blocks and before the patch merging that follows it (timm's stage outputs).
+    Positions are relative biases inside windows: there is no positional embedding to resize.
     """
 
     def __init__(
-        self, options: SwinOptions = SwinOptions(), official: bool = False, use_checkpoint: bool = False
+        self,
+        options: SwinOptions = SwinOptions(),
+        official: bool = False,
+        common: TrunkCommon = TrunkCommon(input_type="rgb", apply_input_type=False),
     ) -> None:
-        super().__init__()
+        super().__init__(common)
         o = options
         self.options = options
         self.official = official
         self.num_layers = len(o.depths)
         self.embed_dim = o.embed_dim
-        self.num_features = o.embed_dim * 2 ** (self.num_layers - 1)
+        width = o.embed_dim * 2 ** (self.num_layers - 1)
         self.mlp_ratio = o.mlp_ratio
         self.patch_embed = SwinPatchEmbed(o.image_size, o.patch_size, 3, o.embed_dim, nn.LayerNorm, official)
         res = self.patch_embed.patches_resolution
@@ -427,11 +449,22 @@ class SwinTransformer(nn.Module):
                     drop_path=dpr[start:start + o.depths[i]],
                     downsample=i < self.num_layers - 1,
                     official=official,
-                    use_checkpoint=use_checkpoint,
                 )
             )
-        self.norm = nn.LayerNorm(self.num_features)
+        self.norm = nn.LayerNorm(width)
         self.apply(init_transformer_weights)
+
+        self.default_input_size = (o.image_size, o.image_size)
+        self.feature_info = [FeatureInfo("lastCLS", width, None, "vector", "norm")]
+        self.default_feature = "lastCLS"
+        self.intermediate_features = [f"layers.{i}" for i in range(self.num_layers)]
+        self.set_grad_checkpointing(common.use_checkpointing)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in backward (``MODEL.ACTIVATION_CHECKPOINTING`` sets it at build)."""
+        super().set_grad_checkpointing(enable)
+        for layer in self.layers:
+            layer.use_checkpoint = bool(enable)
 
     def _check_resolutions(self, res: Sequence[int]) -> None:
         key = "MODEL.TRUNK.SWIN_TRANSFORMER"
@@ -451,37 +484,49 @@ class SwinTransformer(nn.Module):
                     f"window ({ws}) and even before merging; use swin_transformer, which pads"
                 )
 
-    @property
-    def feature_names(self) -> List[str]:
-        """Names accepted in ``out_feat_keys``."""
-        return list(FEATURES)
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, num_features)``: the last stage's tokens, layer-normalised and averaged."""
+        """The last stage's map, layer-normalised: ``(B, H, W, num_features)`` (timm's layout)."""
+        check_image_batch(x, "Swin")
         x = self.pos_drop(self.patch_embed(x))
         for layer in self.layers:
             x = layer(x)
-        return self.norm(x.flatten(1, 2)).mean(dim=1)
+        return self.norm(x)
+
+    def feature_dict(self, x: torch.Tensor, names: Optional[Sequence[str]] = None) -> Dict[str, torch.Tensor]:
+        """``{"lastCLS": the normalised final tokens averaged, (B, num_features)}``."""
+        names = requested_features("Swin", names, FEATURES)
+        return {n: self.forward_features(x).flatten(1, 2).mean(dim=1) for n in dict.fromkeys(names)}
+
+    def _intermediates(self, x, taken, stop, norm, want_final):
+        check_image_batch(x, "Swin")
+        x = self.pos_drop(self.patch_embed(x))
+        found = []
+        last = self.num_layers - 1
+        for i, layer in enumerate(self.layers if stop is None else self.layers[: stop + 1]):
+            x = layer.run_blocks(x)
+            if i in taken:
+                y = self.norm(x) if norm and i == last else x
+                found.append((y.flatten(1, 2), (y.shape[1], y.shape[2])))
+            if i < last and (stop is None or i < stop):
+                x = layer.downsample(x)
+        return (self.norm(x) if want_final else None), found
 
     def forward(self, x: torch.Tensor, out_feat_keys: Optional[Sequence[str]] = None) -> List[torch.Tensor]:
+        """``[lastCLS]`` once per name asked (only ``lastCLS`` exists)."""
         names = requested_features("Swin", out_feat_keys, FEATURES)
-        feat = self.forward_features(x)
+        feat = self.feature_dict(x, names)["lastCLS"]
         return [feat for _ in names]
 
 
-def _build(model_config: Mapping, official: bool) -> SwinTransformer:
-    common = TrunkCommon.from_config(model_config)
-    return SwinTransformer(
-        SwinOptions.from_config(model_config["TRUNK"]["SWIN_TRANSFORMER"]),
-        official=official,
-        use_checkpoint=common.use_checkpointing,
-    )
+def _build(model_config: Mapping, name: str, official: bool) -> SwinTransformer:
+    options = SwinOptions.from_config(model_config["TRUNK"]["SWIN_TRANSFORMER"])
+    return SwinTransformer(options, official=official, common=common_options(model_config, name))
 
 
 @register_model_trunk("swin_transformer")
 def build_swin_transformer(model_config: Mapping, model_name: str = "swin_transformer") -> SwinTransformer:
     """Build the ``swin_transformer`` trunk (any input size) from ``MODEL.TRUNK.SWIN_TRANSFORMER``."""
-    return _build(model_config, official=False)
+    return _build(model_config, model_name, official=False)
 
 
 @register_model_trunk("swin_transformer_official")
@@ -490,4 +535,4 @@ def build_swin_transformer_official(
 ) -> SwinTransformer:
     """Build ``swin_transformer_official`` (``IMAGE_SIZE`` inputs only, ``attn_mask`` buffers) from
     ``MODEL.TRUNK.SWIN_TRANSFORMER``."""
-    return _build(model_config, official=True)
+    return _build(model_config, model_name, official=True)

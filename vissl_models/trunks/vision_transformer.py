@@ -9,9 +9,9 @@ Attention runs through ``F.scaled_dot_product_attention``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -21,7 +21,17 @@ from ..config import options as opt
 from ..layers.init import init_transformer_weights, trunc_normal_
 from ..layers.transformer import Block, Fp32LayerNorm, PatchEmbed, drop_path_rates, interpolate_pos_embed, to_2tuple
 from ..registry import register_model_trunk
-from ._transformer_common import check_divisible, probability, read_options
+from ._transformer_common import (
+    TransformerTrunk,
+    check_image_batch,
+    check_no_hybrid,
+    check_patch_fits,
+    check_width_fits_heads,
+    common_options,
+    dropout_rate,
+    read_options,
+)
+from .base import FeatureInfo, TrunkCommon
 
 KEY = "MODEL.TRUNK.VISION_TRANSFORMERS."
 MIM_NAMES = ("", "none", "ibot", "msn")
@@ -64,68 +74,60 @@ class VisionTransformerOptions:
     mim_params: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        check_divisible(KEY, "HIDDEN_DIM", self.hidden_dim, "NUM_HEADS", self.num_heads)
+        check_width_fits_heads(KEY, self.hidden_dim, self.num_heads)
+        check_patch_fits(KEY, self.image_size, self.patch_size)
 
     @classmethod
     def from_config(cls, section: Mapping) -> "VisionTransformerOptions":
-        image_size = section["IMAGE_SIZE"]
-        if isinstance(image_size, (list, tuple)):
-            image_size = tuple(opt.as_int_list(KEY + "IMAGE_SIZE", image_size, min_len=2))
-            if len(image_size) != 2:
-                raise ConfigError(f"{KEY}IMAGE_SIZE: got {list(image_size)}, expected an integer or [height, width]")
-        else:
-            image_size = to_2tuple(opt.as_int(KEY + "IMAGE_SIZE", image_size, minimum=1))
-        qk_scale = section["QK_SCALE"]
-        # The original uses ``QK_SCALE or head_dim ** -0.5``: false, null and 0 mean the default.
-        qk_scale = opt.as_float(KEY + "QK_SCALE", qk_scale) if qk_scale else None
-        hybrid = section.get("HYBRID", None)
-        if hybrid:
-            raise ConfigError(
-                f"{KEY}HYBRID: got {hybrid!r}; hybrid (CNN) patch embeddings are not implemented "
-                "(the original could build none either); use null"
-            )
-        mim = section.get("MASKED_IMAGE_MODELING", None) or {}
-        mim_name = mim.get("NAME", "") or ""
-        opt.choice(KEY + "MASKED_IMAGE_MODELING.NAME", mim_name, MIM_NAMES)
-        mim_name = "" if mim_name == "none" else mim_name
-        mim_params = dict(mim.get("PARAMS", None) or {})
-        allowed = MSN_PARAM_DEFAULTS if mim_name == "msn" else {}
-        unknown = sorted(set(mim_params) - set(allowed))
-        if unknown:
-            raise ConfigError(
-                f"{KEY}MASKED_IMAGE_MODELING.PARAMS: unknown keys {unknown} for NAME {mim_name!r}; "
-                f"accepted: {sorted(allowed)}"
-            )
-        if mim_name == "msn":
-            mim_params = {
-                "drop_ratio": opt.as_float(
-                    KEY + "MASKED_IMAGE_MODELING.PARAMS.drop_ratio",
-                    mim_params.get("drop_ratio", MSN_PARAM_DEFAULTS["drop_ratio"]),
-                ),
-                "global_view_tokens": opt.as_int(
-                    KEY + "MASKED_IMAGE_MODELING.PARAMS.global_view_tokens",
-                    mim_params.get("global_view_tokens", MSN_PARAM_DEFAULTS["global_view_tokens"]),
-                    minimum=0,
-                ),
-            }
-            if not mim_params["drop_ratio"] < 1.0:
-                raise ConfigError(
-                    f"{KEY}MASKED_IMAGE_MODELING.PARAMS.drop_ratio: got {mim_params['drop_ratio']}, expected < 1"
-                )
+        check_no_hybrid(section, KEY)
+        mim_name, mim_params = _masked_image_modeling(section.get("MASKED_IMAGE_MODELING", None) or {})
         fields = [
-            "patch_size", "num_layers", "num_heads", "hidden_dim", "mlp_dim", ("dropout_rate", probability),
-            ("attention_dropout_rate", probability), ("drop_path_rate", probability), "qkv_bias",
-            ("checkpoint_mlp", opt.as_bool), ("checkpoint_block", opt.as_bool),
+            ("image_size", _image_size), "patch_size", "num_layers", "num_heads", "hidden_dim", "mlp_dim",
+            "dropout_rate", "attention_dropout_rate", "drop_path_rate", "qkv_bias", "qk_scale",
+            ("classifier", _classifier), ("checkpoint_mlp", opt.as_bool), ("checkpoint_block", opt.as_bool),
+            ("use_class_token", opt.as_bool),
         ]
-        return cls(
-            image_size=image_size,
-            qk_scale=qk_scale,
-            classifier=str(section.get("CLASSIFIER", "token")),
-            **read_options(section, KEY, fields),
-            use_class_token=opt.as_bool(KEY + "USE_CLASS_TOKEN", section.get("USE_CLASS_TOKEN", True)),
-            masked_image_modeling=mim_name,
-            mim_params=mim_params,
-        )
+        return cls(**read_options(section, KEY, fields), masked_image_modeling=mim_name, mim_params=mim_params)
+
+
+def _image_size(key: str, value: Any) -> Tuple[int, int]:
+    """``IMAGE_SIZE``: one integer (square) or ``[height, width]``."""
+    if isinstance(value, (list, tuple)):
+        size = tuple(opt.as_int_list(key, value, min_len=2))
+        if len(size) != 2 or min(size) < 1:
+            raise ConfigError(f"{key}: got {list(value)}, expected a positive integer or [height, width]")
+        return size
+    return to_2tuple(opt.as_int(key, value, minimum=1))
+
+
+def _classifier(key: str, value: Any) -> str:
+    """``CLASSIFIER``: nothing reads it (as in the original), but it must at least be a name."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: got {value!r}, expected a name such as 'token'")
+    return value
+
+
+def _masked_image_modeling(mim: Mapping) -> Tuple[str, Dict[str, Any]]:
+    """``MASKED_IMAGE_MODELING``: the method name ("" for none) and its checked parameters."""
+    mkey = KEY + "MASKED_IMAGE_MODELING."
+    name = mim.get("NAME", "") or ""
+    opt.choice(mkey + "NAME", name, MIM_NAMES)
+    name = "" if name == "none" else name
+    params = dict(mim.get("PARAMS", None) or {})
+    allowed = MSN_PARAM_DEFAULTS if name == "msn" else {}
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{mkey}PARAMS: unknown keys {unknown} for NAME {name!r}; accepted: {sorted(allowed)}")
+    if name == "msn":
+        params = {
+            "drop_ratio": dropout_rate(mkey + "PARAMS.drop_ratio", params.get("drop_ratio", 0.0)),
+            "global_view_tokens": opt.as_int(
+                mkey + "PARAMS.global_view_tokens",
+                params.get("global_view_tokens", MSN_PARAM_DEFAULTS["global_view_tokens"]),
+                minimum=0,
+            ),
+        }
+    return name, params
 
 
 class NoPatchMasking(nn.Module):
@@ -250,30 +252,30 @@ def _parse_feature(name: str, depth: int, use_class_token: bool) -> Tuple[str, L
     return kind, idx
 
 
-class VisionTransformer(nn.Module):
+class VisionTransformer(TransformerTrunk):
     """ViT / DeiT trunk; ``forward(x, out_feat_keys=None, mask=None)`` returns a list of features.
 
     No names: the normalised class token (or the token mean without a class token) of the last
     block; ``["lastBLK"]``: every normalised token of the last block. Both pass ``mask`` to the
     iBOT masking. Other names (see ``FEATURE_NAMES``) are read from intermediate blocks, without
     the iBOT mask, as in the original. Inputs of another size than ``image_size`` get resized
-    positional embeddings (``interpolate_pos_embed``).
+    positional embeddings (``interpolate_pos_embed``); ``resize_pos_embed`` makes another size
+    the stored one. ``lastMAP`` (patch tokens as ``(B, H, W, C)``, channels last as in the
+    original) is accepted in ``out_feat_keys`` but is not in ``feature_info``, whose kinds are
+    channels-first maps, vectors and tokens.
     """
 
     def __init__(
         self,
         options: VisionTransformerOptions = VisionTransformerOptions(),
-        input_type: str = "rgb",
-        init_seed: Optional[int] = 0,
+        common: TrunkCommon = TrunkCommon(input_type="rgb", apply_input_type=False),
         fp32_layer_norm: bool = False,
     ) -> None:
-        super().__init__()
-        if input_type not in ("rgb", "bgr"):
-            raise ConfigError(f"MODEL.INPUT_TYPE: got {input_type!r}, the vision transformer takes 'rgb' or 'bgr'")
+        super().__init__(common)
         # As in the original, 'bgr' is accepted and the input is used as given (no channel flip).
         self.options = o = options
-        self.input_type = input_type
-        self.embed_dim = self.num_features = o.hidden_dim
+        init_seed = common.init_seed
+        self.embed_dim = o.hidden_dim
         self.use_class_token = o.use_class_token
         self.num_prefix_tokens = 1 if o.use_class_token else 0
         norm_layer = partial(Fp32LayerNorm if fp32_layer_norm else nn.LayerNorm, eps=1e-6)
@@ -290,9 +292,8 @@ class VisionTransformer(nn.Module):
         blocks = []
         for i, dpr in enumerate(drop_path_rates(o.drop_path_rate, o.num_layers)):
             # Each block is initialised from its own seed, so its weights do not depend on depth.
-            with torch.random.fork_rng(devices=[], enabled=init_seed is not None):
-                if init_seed is not None:
-                    torch.manual_seed(init_seed + i + 1)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(init_seed + i + 1)
                 block = Block(
                     dim=o.hidden_dim,
                     num_heads=o.num_heads,
@@ -323,10 +324,41 @@ class VisionTransformer(nn.Module):
         else:
             self.patch_masking = NoPatchMasking()
 
+        self.default_input_size = tuple(o.image_size)
+        self.default_feature = "lastCLS" if o.use_class_token else "lastPOOL"
+        self.final_feature = "lastBLK"
+        self.intermediate_features = [f"blocks.{i}" for i in range(o.num_layers)]
+        self.feature_info = [self._feature_info(n) for n in self._public_names()]
+        self.set_grad_checkpointing(o.checkpoint_block or common.use_checkpointing)
+        self.grad_checkpointing = self.grad_checkpointing or o.checkpoint_mlp
+
+    # ------------------------------------------------------------ features (the trunk contract)
+    def _public_names(self) -> List[str]:
+        d = len(self.blocks)
+        if self.use_class_token:
+            names = ["lastCLS", "lastBLK"] + [f"blkCLS{i}" for i in range(d)]
+            names += [f"concatCLS{n}" for n in range(1, d + 1)]
+        else:
+            names = ["lastPOOL", "lastBLK"] + [f"concatPOOL{n}" for n in range(1, d + 1)]
+        return names + [f"concatBLK{n}" for n in range(1, d + 1)]
+
     @property
-    def feature_names(self) -> List[str]:
-        """Patterns accepted in ``out_feat_keys`` (``<n>`` stands for an integer)."""
-        return list(FEATURE_NAMES)
+    def feature_aliases(self) -> List[str]:
+        """``lastMAP`` (channels-last map) besides ``feature_info``; ``stridePOOL_<count>[_<stride>]``
+        is accepted too without the class token (see ``FEATURE_NAMES``)."""
+        return ["lastMAP"] if self.use_class_token else []
+
+    def _feature_info(self, name: str) -> FeatureInfo:
+        kind, idx = _parse_feature(name, len(self.blocks), self.use_class_token)
+        width = self.embed_dim * len(idx)
+        module = f"blocks.{idx[-1]}"
+        if kind == "blk":
+            return FeatureInfo(name, width, self.patch_embed.patch_size[0], "tokens", module)
+        return FeatureInfo(name, width, None, "vector", module)
+
+    def _grid(self, x: torch.Tensor) -> Tuple[int, int]:
+        p = self.patch_embed.patch_size
+        return (x.shape[-2] // p[0], x.shape[-1] // p[1])
 
     def interpolate_pos_encoding(self, x: torch.Tensor, grid_size: Tuple[int, int]) -> torch.Tensor:
         """Positional embeddings for the tokens ``x`` (prefix included) of a ``grid_size`` patch grid."""
@@ -336,8 +368,8 @@ class VisionTransformer(nn.Module):
 
     def prepare_tokens(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Patch embedding, class token, positional embeddings and masking: ``(B, tokens, C)``."""
-        p = self.patch_embed.patch_size
-        grid = (x.shape[-2] // p[0], x.shape[-1] // p[1])
+        check_image_batch(x, "vision transformer")
+        grid = self._grid(x)
         x = self.patch_embed(x)
         if self.cls_token is not None:
             x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
@@ -345,35 +377,25 @@ class VisionTransformer(nn.Module):
         x = self.patch_masking(x, pos_embed, mask=mask, num_prefix_tokens=self.num_prefix_tokens)
         return self.pos_drop(x)
 
-    def forward_features(
-        self, x: torch.Tensor, only_class_token: bool = True, mask: Optional[torch.Tensor] = None
-    ) -> torch.Tensor:
-        """Last block, normalised: the class token (or token mean), or every token."""
+    def feature_dict(
+        self, x: torch.Tensor, names: Optional[Sequence[str]] = None, mask: Optional[torch.Tensor] = None
+    ) -> Dict[str, torch.Tensor]:
+        """``{name: feature}`` for ``names`` (default: ``[default_feature]``), running the blocks
+        once and only up to the last one needed. ``mask`` goes to the iBOT masking."""
+        names = [self.default_feature] if names is None else list(names)
+        requests = {n: _parse_feature(n, len(self.blocks), self.use_class_token) for n in names}
+        needed = {i for _, idx in requests.values() for i in idx}
+        grid = self._grid(x)
         x = self.prepare_tokens(x, mask)
-        for blk in self.blocks:
-            x = blk(x)
-        if not only_class_token:
-            return self.norm(x)
-        if self.cls_token is not None:
-            # LayerNorm is per token, so normalising only the class token gives the same values.
-            return self.norm(x[:, 0])
-        return self.norm(x).mean(dim=1)
-
-    def get_intermediate_features(self, x: torch.Tensor, names: Sequence[str]) -> List[torch.Tensor]:
-        """One tensor per name of ``FEATURE_NAMES``, in the order asked."""
-        requests = [_parse_feature(n, len(self.blocks), self.use_class_token) for n in names]
-        needed = {i for _, idx in requests for i in idx}
-        p = self.patch_embed.patch_size
-        grid = (x.shape[-2] // p[0], x.shape[-1] // p[1])
-        x = self.prepare_tokens(x)
         interms: Dict[int, torch.Tensor] = {}
         for i, blk in enumerate(self.blocks[: max(needed) + 1]):
             x = blk(x)
             if i in needed:
                 interms[i] = x
-        out = []
-        for kind, idx in requests:
+        out: Dict[str, torch.Tensor] = {}
+        for name, (kind, idx) in requests.items():
             if kind == "cls":
+                # LayerNorm is per token, so normalising only the class token gives the same values.
                 parts = [self.norm(interms[i][:, 0]) for i in idx]
             elif kind == "blk":
                 parts = [self.norm(interms[i]) for i in idx]
@@ -385,8 +407,52 @@ class VisionTransformer(nn.Module):
                     raise ValueError(f"lastMAP: {feat.shape[1]} patch tokens do not fill the {grid} grid "
                                      "(tokens were dropped by MSN masking)")
                 parts = [feat.reshape(feat.shape[0], grid[0], grid[1], feat.shape[-1])]
-            out.append(parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1))
+            out[name] = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
         return out
+
+    def forward_features(self, x: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Every token of the last block, normalised: ``(B, tokens, C)`` (timm's meaning)."""
+        return self.feature_dict(x, ["lastBLK"], mask)["lastBLK"]
+
+    def get_intermediate_features(self, x: torch.Tensor, names: Sequence[str]) -> List[torch.Tensor]:
+        """One tensor per name of ``FEATURE_NAMES``, in the order asked (repeats included)."""
+        feats = self.feature_dict(x, names)
+        return [feats[n] for n in names]
+
+    def _intermediates(self, x, taken, stop, norm, want_final):
+        grid = self._grid(x)
+        x = self.prepare_tokens(x)
+        found = []
+        for i, blk in enumerate(self.blocks if stop is None else self.blocks[: stop + 1]):
+            x = blk(x)
+            if i in taken:
+                found.append(((self.norm(x) if norm else x)[:, self.num_prefix_tokens:], grid))
+        return (self.norm(x) if want_final else None), found
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each block in backward (``CHECKPOINT_BLOCK``), or nothing at all: disabling
+        also ends the MLP-only recompute of ``CHECKPOINT_MLP``."""
+        super().set_grad_checkpointing(enable)
+        for blk in self.blocks:
+            blk.checkpoint_block = bool(enable)
+            blk.checkpoint_mlp = blk.checkpoint_mlp and bool(enable)
+
+    @torch.no_grad()
+    def resize_pos_embed(self, size: Union[int, Tuple[int, int]]) -> None:
+        """Make ``size`` (an int or ``(height, width)``) the trunk's input size, in place: the
+        positional embeddings are resampled as a forward at that size would, and stored."""
+        size = to_2tuple(size)
+        check_patch_fits("resize_pos_embed: ", size, self.patch_embed.patch_size)
+        p = self.patch_embed.patch_size
+        grid = (size[0] // p[0], size[1] // p[1])
+        pos = interpolate_pos_embed(
+            self.pos_embed, self.num_prefix_tokens + grid[0] * grid[1], self.patch_embed.feat_map_size, grid,
+            self.num_prefix_tokens,
+        )
+        self.pos_embed = nn.Parameter(pos.clone(), requires_grad=self.pos_embed.requires_grad)
+        self.patch_embed.set_img_size(size)
+        self.options = replace(self.options, image_size=tuple(size))
+        self.default_input_size = tuple(size)
 
     def get_last_self_attention(self, x: torch.Tensor) -> torch.Tensor:
         """Attention weights of the last block: ``(B, heads, tokens, tokens)``."""
@@ -398,26 +464,28 @@ class VisionTransformer(nn.Module):
     def forward(
         self, x: torch.Tensor, out_feat_keys: Optional[Sequence[str]] = None, mask: Optional[torch.Tensor] = None
     ) -> List[torch.Tensor]:
+        """One feature per name, in the order asked; no names: ``[default_feature]``. As in the
+        original, ``mask`` applies to the default feature and to ``["lastBLK"]`` alone only."""
         if not out_feat_keys:
-            return [self.forward_features(x, mask=mask)]
-        if len(out_feat_keys) == 1 and out_feat_keys[0] == "lastBLK":
-            return [self.forward_features(x, only_class_token=False, mask=mask)]
+            return [self.feature_dict(x, mask=mask)[self.default_feature]]
+        if list(out_feat_keys) == ["lastBLK"]:
+            return [self.feature_dict(x, ["lastBLK"], mask)["lastBLK"]]
         return self.get_intermediate_features(x, out_feat_keys)
 
 
-def _build(model_config: Mapping, fp32_layer_norm: bool) -> VisionTransformer:
+def _build(model_config: Mapping, name: str, fp32_layer_norm: bool) -> VisionTransformer:
     options = VisionTransformerOptions.from_config(model_config["TRUNK"]["VISION_TRANSFORMERS"])
-    seed = int(model_config.get("_MODEL_INIT_SEED", 0))
+    common = common_options(model_config, name)
     # Built from its own seed, without changing the caller's random stream (as the original).
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return VisionTransformer(options, model_config["INPUT_TYPE"], seed, fp32_layer_norm)
+        torch.manual_seed(common.init_seed)
+        return VisionTransformer(options, common, fp32_layer_norm)
 
 
 @register_model_trunk("vision_transformer")
 def build_vision_transformer(model_config: Mapping, model_name: str = "vision_transformer") -> VisionTransformer:
     """Build the ``vision_transformer`` trunk from ``MODEL`` (reads ``TRUNK.VISION_TRANSFORMERS``)."""
-    return _build(model_config, fp32_layer_norm=False)
+    return _build(model_config, model_name, fp32_layer_norm=False)
 
 
 @register_model_trunk("vision_transformer_fsdp")
@@ -428,4 +496,4 @@ def build_vision_transformer_fsdp(
 
     Sharding is applied from outside by the training code; in one process this is the module itself.
     """
-    return _build(model_config, fp32_layer_norm=True)
+    return _build(model_config, model_name, fp32_layer_norm=True)

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -36,8 +36,16 @@ from ..layers.checkpointing import checkpoint_without_bn_double_update
 from ..layers.init import init_transformer_weights
 from ..layers.transformer import AttentionBase, PreNormBlock, to_2tuple
 from ..registry import register_model_trunk
-from ._transformer_common import check_rgb_or_bgr, check_width_fits_heads, choice_of, read_options
-from .base import TrunkCommon, requested_features
+from ._transformer_common import (
+    TransformerTrunk,
+    check_image_batch,
+    check_patch_fits,
+    check_width_fits_heads,
+    common_options,
+    positive_int,
+    read_options,
+)
+from .base import FeatureInfo, TrunkCommon, requested_features
 
 FEATURES = ("lastCLS", "lastMAP")
 
@@ -66,13 +74,14 @@ class XCiTOptions:
     def from_config(cls, section: Mapping) -> "XCiTOptions":
         key = "MODEL.TRUNK.XCIT."
         fields = [
-            "image_size", ("patch_size", choice_of((8, 16))), "hidden_dim", "num_layers", "num_heads", "mlp_ratio",
+            "image_size", ("patch_size", _stem_patch_size), "hidden_dim", "num_layers", "num_heads", "mlp_ratio",
             "dropout_rate", "attention_dropout_rate", "drop_path_rate", ("eta", opt.as_float),
             ("tokens_norm", opt.as_bool), "qkv_bias", "qk_scale", ("checkpoint_xca_block", opt.as_bool),
             ("checkpoint_attn_block", opt.as_bool),
         ]
         out = cls(**read_options(section, key, fields))
         check_width_fits_heads(key, out.hidden_dim, out.num_heads)
+        check_patch_fits(key, out.image_size, out.patch_size)
         # The conv stem's first stage has HIDDEN_DIM / 8 (patch 16) or / 4 (patch 8) channels.
         stem_div = 8 if out.patch_size == 16 else 4
         if out.hidden_dim < stem_div:
@@ -80,6 +89,11 @@ class XCiTOptions:
                 f"{key}HIDDEN_DIM: got {out.hidden_dim}, expected at least {stem_div} for PATCH_SIZE {out.patch_size}"
             )
         return out
+
+
+def _stem_patch_size(key: str, value) -> int:
+    """``PATCH_SIZE``: an integer, and one the conv stem has a layout for (8 or 16)."""
+    return opt.choice(key, positive_int(key, value), (8, 16))
 
 
 class PositionalEncodingFourier(nn.Module):
@@ -312,27 +326,28 @@ def _run_block(block: nn.Module, use_checkpoint: bool, x: torch.Tensor, H: int, 
     return block(x, H, W)
 
 
-class XCiT(nn.Module):
+class XCiT(TransformerTrunk):
     """XCiT trunk: conv patch embedding + Fourier positions, XCA blocks, class-attention blocks, LayerNorm.
 
     ``num_cls_attn_blocks`` is 2 for ``xcit`` and ``NUM_LAYERS`` for ``xcit_fsdp`` (see the module
-    docstring). ``init_seed`` reproduces the original's per-block seeding.
+    docstring). ``common.init_seed`` reproduces the original's per-block seeding. Public feature
+    ``lastCLS`` (the default); ``lastMAP`` (normalised patch tokens as ``(B, H, W, C)``, channels
+    last as in the original) is accepted in ``out_feat_keys`` besides ``feature_info``.
+    ``forward_intermediates`` indexes the XCA blocks (timm's choice); there are no stored
+    positional embeddings to resize.
     """
 
     def __init__(
         self,
         options: XCiTOptions = XCiTOptions(),
-        common: TrunkCommon = TrunkCommon(),
+        common: TrunkCommon = TrunkCommon(input_type="rgb", apply_input_type=False),
         num_cls_attn_blocks: int = 2,
-        init_seed: int = 0,
     ) -> None:
-        super().__init__()
-        check_rgb_or_bgr(common.input_type, "XCiT")
+        super().__init__(common)
         self.options = options
         o = options
-        self.num_features = self.embed_dim = o.hidden_dim
-        self.checkpoint_xca = o.checkpoint_xca_block or common.use_checkpointing
-        self.checkpoint_attn = o.checkpoint_attn_block or common.use_checkpointing
+        init_seed = common.init_seed
+        self.embed_dim = o.hidden_dim
         norm_layer = lambda dim: nn.LayerNorm(dim, eps=1e-6)  # noqa: E731
 
         # Same construction order and per-block seeds as the original, so a given seed gives
@@ -368,56 +383,93 @@ class XCiT(nn.Module):
         trunc_normal_(self.cls_token, std=0.02)
         self.norm.apply(init_transformer_weights)
 
-    @property
-    def feature_names(self) -> List[str]:
-        """Names accepted in ``out_feat_keys``."""
-        return list(FEATURES)
+        self.default_input_size = (o.image_size, o.image_size)
+        self.feature_info = [FeatureInfo("lastCLS", o.hidden_dim, None, "vector", "norm")]
+        self.feature_aliases = ["lastMAP"]
+        self.default_feature = "lastCLS"
+        self.intermediate_features = [f"blocks.{i}" for i in range(o.num_layers)]
+        self.checkpoint_xca = o.checkpoint_xca_block or common.use_checkpointing
+        self.checkpoint_attn = o.checkpoint_attn_block or common.use_checkpointing
+        self.grad_checkpointing = self.checkpoint_xca or self.checkpoint_attn
 
-    def _tokens(self, x: torch.Tensor):
-        """Run every block; return all tokens after the last class-attention block, and the grid."""
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute every XCA and class-attention block in backward (``CHECKPOINT_XCA_BLOCK`` and
+        ``CHECKPOINT_ATTN_BLOCK`` together)."""
+        super().set_grad_checkpointing(enable)
+        self.checkpoint_xca = self.checkpoint_attn = bool(enable)
+
+    def _patch_tokens(self, x: torch.Tensor):
+        """Patch embedding plus positions: ``(B, N, C)`` tokens and their grid."""
+        check_image_batch(x, "XCiT")
         x, (Hp, Wp) = self.patch_embed(x)
         x = x + self.pos_embeder(Hp, Wp).to(x.dtype)
-        x = self.pos_drop(x)
-        for blk in self.blocks:
-            x = _run_block(blk, self.checkpoint_xca, x, Hp, Wp)
+        return self.pos_drop(x), (Hp, Wp)
+
+    def _class_attention(self, x: torch.Tensor, Hp: int, Wp: int) -> torch.Tensor:
+        """Prepend the class token and run the class-attention blocks."""
         x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
         for blk in self.cls_attn_blocks:
             x = _run_block(blk, self.checkpoint_attn, x, Hp, Wp)
-        return x, (Hp, Wp)
+        return x
 
-    def forward(self, x: torch.Tensor, out_feat_keys: Optional[Sequence[str]] = None) -> List[torch.Tensor]:
-        names = requested_features("XCiT", out_feat_keys, FEATURES)
+    def _tokens(self, x: torch.Tensor):
+        """Run every block; return all tokens after the last class-attention block, and the grid."""
+        x, (Hp, Wp) = self._patch_tokens(x)
+        for blk in self.blocks:
+            x = _run_block(blk, self.checkpoint_xca, x, Hp, Wp)
+        return self._class_attention(x, Hp, Wp), (Hp, Wp)
+
+    def feature_dict(self, x: torch.Tensor, names: Optional[Sequence[str]] = None) -> Dict[str, torch.Tensor]:
+        """``{name: feature}`` for ``names`` (``lastCLS``, ``lastMAP``; default ``lastCLS``), in one pass."""
+        names = requested_features("XCiT", names, FEATURES)
         tokens, (Hp, Wp) = self._tokens(x)
-        out = []
-        for name in names:  # requested order, duplicates included, as in the original
+        out: Dict[str, torch.Tensor] = {}
+        for name in names:
             if name == "lastCLS":
-                out.append(self.norm(tokens[:, 0]))
+                out[name] = self.norm(tokens[:, 0])
             else:
                 feat = self.norm(tokens[:, 1:])
-                out.append(feat.reshape(feat.shape[0], Hp, Wp, feat.shape[-1]))
+                out[name] = feat.reshape(feat.shape[0], Hp, Wp, feat.shape[-1])
         return out
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Every token after the class-attention blocks, normalised: ``(B, 1 + H*W, C)`` (timm's meaning)."""
+        tokens, _ = self._tokens(x)
+        return self.norm(tokens)
 
-def _build(model_config: Mapping, fsdp: bool) -> XCiT:
+    def _intermediates(self, x, taken, stop, norm, want_final):
+        x, (Hp, Wp) = self._patch_tokens(x)
+        found = []
+        for i, blk in enumerate(self.blocks if stop is None else self.blocks[: stop + 1]):
+            x = _run_block(blk, self.checkpoint_xca, x, Hp, Wp)
+            if i in taken:
+                found.append((self.norm(x) if norm else x, (Hp, Wp)))
+        if not want_final:
+            return None, found
+        return self.norm(self._class_attention(x, Hp, Wp)), found
+
+    def forward(self, x: torch.Tensor, out_feat_keys: Optional[Sequence[str]] = None) -> List[torch.Tensor]:
+        """One feature per name, in the order asked, repeats included (as the original)."""
+        names = requested_features("XCiT", out_feat_keys, FEATURES)
+        feats = self.feature_dict(x, names)
+        return [feats[n] for n in names]
+
+
+def _build(model_config: Mapping, name: str, fsdp: bool) -> XCiT:
     options = XCiTOptions.from_config(model_config["TRUNK"]["XCIT"])
-    seed = opt.as_int("MODEL._MODEL_INIT_SEED", model_config.get("_MODEL_INIT_SEED", 0))
+    common = common_options(model_config, name)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return XCiT(
-            options,
-            TrunkCommon.from_config(model_config),
-            num_cls_attn_blocks=options.num_layers if fsdp else 2,
-            init_seed=seed,
-        )
+        torch.manual_seed(common.init_seed)
+        return XCiT(options, common, num_cls_attn_blocks=options.num_layers if fsdp else 2)
 
 
 @register_model_trunk("xcit")
 def build_xcit(model_config: Mapping, model_name: str = "xcit") -> XCiT:
     """Build the ``xcit`` trunk from ``MODEL`` (reads ``TRUNK.XCIT``)."""
-    return _build(model_config, fsdp=False)
+    return _build(model_config, model_name, fsdp=False)
 
 
 @register_model_trunk("xcit_fsdp")
 def build_xcit_fsdp(model_config: Mapping, model_name: str = "xcit_fsdp") -> XCiT:
     """Build ``xcit_fsdp`` as a plain module (no FSDP wrapping), with ``NUM_LAYERS`` class-attention blocks."""
-    return _build(model_config, fsdp=True)
+    return _build(model_config, model_name, fsdp=True)
