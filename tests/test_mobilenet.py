@@ -12,30 +12,15 @@ import torch.nn.functional as F
 from torch import nn
 
 import vissl_models
-from utils import model_config
+from utils import build_trunk as build_any_trunk, model_config, randomize_batchnorm as randomize_norms
 
 
 def build_trunk(name, seed=0, **mobile_net):
-    torch.manual_seed(seed)
-    cfg = model_config(TRUNK={"NAME": name, "MOBILE_NET": mobile_net})
-    return vissl_models.get_model_trunk(name)(cfg, name)
+    return build_any_trunk(name, seed, "MOBILE_NET", mobile_net)
 
 
 def build_head(name, **kwargs):
     return vissl_models.get_model_head(name)(model_config(), **kwargs)
-
-
-def randomize_norms(module, seed=1):
-    """Random BatchNorm statistics and affine parameters, so eval-mode outputs depend on them."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in module.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(1 + 0.2 * torch.randn(m.weight.shape, generator=g))
-                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
-                m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
-                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
-    return module
 
 
 @pytest.fixture(scope="module")

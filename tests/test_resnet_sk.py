@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from vissl_models.config import ConfigError
 from vissl_models.trunks.resnet_sk import BottleneckBlock, ResNetSKOptions, SelectiveKernel
-from utils import build_trunk, model_config
+from utils import build_trunk, model_config, randomize_batchnorm
 
 
 def build(depth=50, width=1, sk=0.0625, **model):
@@ -16,16 +16,6 @@ def build(depth=50, width=1, sk=0.0625, **model):
 
 def _bn_eval(bn, x):
     return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
-
-
-def _randomize_bn(module):
-    for m in module.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            with torch.no_grad():
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.1)
-                m.running_mean.normal_(0, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
 
 
 def test_state_dict_keys_follow_the_original_layout():
@@ -63,7 +53,7 @@ def test_without_selective_kernels_the_stem_is_one_7x7_conv():
 def test_selective_kernel_matches_a_two_path_reference():
     torch.manual_seed(0)
     sk = SelectiveKernel(8, 6, stride=2, sk_ratio=0.5).eval()
-    _randomize_bn(sk)
+    randomize_batchnorm(sk)
     x = torch.randn(3, 8, 9, 9)
     conv, bn = sk.main_conv[0], sk.main_conv[1][0]
     y = F.relu(_bn_eval(bn, F.conv2d(x, conv.weight, stride=2, padding=1)))

@@ -6,13 +6,14 @@ gradients (and really recomputes).
 """
 
 import copy
+import dataclasses
 
 import pytest
 import torch
 
 import vissl_models.layers.checkpointing as checkpointing
 from specs import TRUNK_SPECS
-from utils import build_spec_trunk, image
+from utils import build_spec_trunk, build_trunk, deep_update, image
 from vissl_models.config import ConfigError
 from vissl_models.trunks.base import FEATURE_KINDS, FeatureTrunk, Trunk, TrunkCommon, take_indices
 
@@ -159,6 +160,15 @@ def test_grad_checkpointing_gives_the_same_gradients(spec, monkeypatch):
         torch.testing.assert_close(b, buffers[n], msg=n)  # BatchNorm statistics updated once
 
 
+@pytest.mark.parametrize("spec", [s for s in TRUNK_SPECS if s.name != "regnet_fsdp"],
+                         ids=[s.id for s in TRUNK_SPECS if s.name != "regnet_fsdp"])
+def test_the_config_switch_sets_grad_checkpointing(spec):
+    # regnet_fsdp, as the original, checkpoints only the block groups the config names.
+    switch = {"ACTIVATION_CHECKPOINTING": {"USE_ACTIVATION_CHECKPOINTING": True}}
+    trunk = contract_trunk(dataclasses.replace(spec, model=deep_update(spec.model, switch)))
+    assert trunk.grad_checkpointing
+
+
 def test_take_indices_reads_indices_as_timm():
     assert take_indices(5) == ([0, 1, 2, 3, 4], 4)
     assert take_indices(5, 2) == ([3, 4], 4)
@@ -183,8 +193,6 @@ RESTRICTED = [
 
 @pytest.mark.parametrize("name, model, input_type, allowed", RESTRICTED, ids=[r[0] for r in RESTRICTED])
 def test_input_type_rule_is_one_message(name, model, input_type, allowed):
-    from utils import build_trunk
-
     with pytest.raises(ConfigError, match=rf"^MODEL\.INPUT_TYPE: got '{input_type}', trunk '{name}' {allowed}"):
         build_trunk(name, INPUT_TYPE=input_type, **model)
 
@@ -208,8 +216,6 @@ def test_input_type_rule_is_one_message(name, model, input_type, allowed):
     ],
 )
 def test_a_string_for_a_number_names_the_key(name, model, key):
-    from utils import build_trunk, deep_update
-
     before = deep_update({}, model)
     with pytest.raises(ConfigError, match=rf"^{key}: got "):
         build_trunk(name, **model)

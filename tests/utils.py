@@ -99,6 +99,19 @@ def randomize(module: torch.nn.Module, seed: int = 1, scale: float = 0.3, one_d_
     return module
 
 
+def randomize_batchnorm(module: torch.nn.Module, seed: int = 1) -> torch.nn.Module:
+    """Random BatchNorm2d statistics and affine parameters, so eval-mode outputs depend on them."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.copy_(1 + 0.2 * torch.randn(m.weight.shape, generator=g))
+                m.bias.copy_(0.1 * torch.randn(m.bias.shape, generator=g))
+                m.running_mean.copy_(0.1 * torch.randn(m.running_mean.shape, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(m.running_var.shape, generator=g))
+    return module
+
+
 TINY_RESNET = {"TRUNK": {"NAME": "resnet", "RESNETS": {"DEPTH": 18}}}
 
 
