@@ -48,18 +48,11 @@ def shard(model: nn.Module) -> nn.Module:
 
 
 def full_classy_state(model: nn.Module) -> Dict:
-    """``{"model": {"trunk": ..., "heads": ...}}`` with full CPU tensors (a collective for FSDP2)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
+    """``{"model": {"trunk": ..., "heads": ...}}`` with full tensors: ``get_classy_state()``,
+    which for an FSDP2-sharded model is a collective (every rank calls it, rank 0 gets the state)."""
     if isinstance(model, nn.parallel.DistributedDataParallel):
         model = model.module
-    if any(hasattr(p, "to_local") for p in model.parameters()):
-        state = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    else:
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    trunk = {k[len("trunk."):]: v for k, v in state.items() if k.startswith("trunk.")}
-    heads = {k[len("heads."):]: v for k, v in state.items() if k.startswith("heads.")}
-    return {"model": {"trunk": trunk, "heads": heads}}
+    return model.get_classy_state()
 
 
 def save_checkpoint(path: str, cfg, state: Dict, iteration: int) -> str:

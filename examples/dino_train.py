@@ -3,7 +3,7 @@
     torchrun --nproc_per_node 2 examples/dino_train.py --out /tmp/dino/checkpoint.torch
     vissl-models summary /tmp/dino/checkpoint.yaml --weights /tmp/dino/checkpoint.torch
 
-Builds ``configs/dino_deit_s16.yaml`` (shrunk by default to a 2-layer, 96-wide ViT and a small
+Builds the shipped config ``dino_deit_s16`` (shrunk by default to a 2-layer, 96-wide ViT and a small
 head so a CPU run takes seconds; ``--full`` keeps DeiT-S/16 and the 65536-prototype head), shards
 student and teacher with FSDP2 (``vissl_models.distributed.shard_model`` when the library has it,
 else ``fully_shard`` at each block and head), runs the student under bf16 autocast, updates the
@@ -30,7 +30,7 @@ import common  # noqa: E402
 import vissl_models  # noqa: E402
 from vissl_models.training import MomentumTeacher, TempFrozenParams, get_optimizer_param_groups  # noqa: E402
 
-CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "dino_deit_s16.yaml")
+CONFIG = "dino_deit_s16"  # a shipped config (vissl_models/configs) or a path
 _VIT = "config.MODEL.TRUNK.VISION_TRANSFORMERS."
 SMALL = [
     _VIT + "NUM_LAYERS=2", _VIT + "HIDDEN_DIM=96", _VIT + "NUM_HEADS=3", _VIT + "MLP_DIM=192",
@@ -105,6 +105,10 @@ def main(argv=None) -> int:
         torch.manual_seed(0)  # same initial weights on every rank before sharding
         student = common.shard(vissl_models.build_model(cfg.MODEL, cfg.OPTIMIZER).to(device).train())
         teacher = MomentumTeacher.from_config(student, cfg.MODEL, args.momentum, args.iters, shard=common.shard)
+        if rank == 0:
+            report = getattr(student, "shard_report", None)
+            how = f"shard_model, units {report.units}" if report is not None else "fully_shard by hand"
+            print(f"FSDP2: {how}", flush=True)
         groups = get_optimizer_param_groups(student, cfg.MODEL, {"param_group_constructor": "dino",
                                                                  "weight_decay": args.weight_decay},
                                             {"lr": args.lr})

@@ -3,7 +3,7 @@
     torchrun --nproc_per_node 2 examples/swav_train.py --out /tmp/swav/checkpoint.torch
     vissl-models summary /tmp/swav/checkpoint.yaml --weights /tmp/swav/checkpoint.torch
 
-Builds ``configs/swav_resnet50.yaml`` (shrunk by default to a ResNet-18 and a small head so a CPU
+Builds the shipped config ``swav_resnet50`` (shrunk by default to a ResNet-18 and a small head so a CPU
 run takes seconds; ``--full`` keeps the shipped sizes), wraps it in DDP, takes the optimizer
 parameter groups and mixed precision from the config, and freezes the prototypes for the first
 iterations through ``MODEL.TEMP_FROZEN_PARAMS_ITER_MAP``. The loss lives here, not in the library.
@@ -28,7 +28,7 @@ import common  # noqa: E402
 import vissl_models  # noqa: E402
 from vissl_models.training import TempFrozenParams  # noqa: E402
 
-CONFIG = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "swav_resnet50.yaml")
+CONFIG = "swav_resnet50"  # a shipped config (vissl_models/configs) or a path
 SMALL = [
     "config.MODEL.TRUNK.RESNETS.DEPTH=18",
     'config.MODEL.HEAD.PARAMS=[["swav_head", {"dims": [512, 128, 32], "use_bn": true, "num_clusters": [64]}]]',
