@@ -8,9 +8,9 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.9",
-    packages=find_packages(include=["vissl_models", "vissl_models.*"]) + ["vissl_models.configs"],
-    # The YAML model configs live at the top of the repository and ship inside the package.
-    package_dir={"vissl_models.configs": "configs"},
+    # The shipped YAML configs are the package vissl_models.configs, so they always come from the
+    # installed package itself, never from another checkout that happens to be on the path.
+    packages=find_packages(include=["vissl_models", "vissl_models.*"]),
     package_data={
         "vissl_models": ["zoo.yaml"],
         "vissl_models.config": ["*.yaml"],

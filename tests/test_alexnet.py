@@ -8,16 +8,15 @@ import torch.nn.functional as F
 
 import vissl_models
 from vissl_models.config import ConfigError
-from utils import model_config
+from utils import build_trunk
 
-CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs")
+CONFIGS = os.path.join(os.path.dirname(vissl_models.__file__), "configs")
 NAMES = ["alexnet_bvlc", "alexnet_colorization", "alexnet_deepcluster", "alexnet_jigsaw", "alexnet_rotnet"]
 
 
 def build(name, **model):
     model.setdefault("INPUT_TYPE", "lab" if name == "alexnet_colorization" else "rgb")
-    cfg = model_config(TRUNK={"NAME": name}, **model)
-    return vissl_models.get_model_trunk(name)(cfg, name)
+    return build_trunk(name, seed=None, **model)
 
 
 def _conv_keys(idx, bn):
@@ -68,7 +67,7 @@ def test_bvlc_matches_a_functional_reference():
     pool5 = F.max_pool2d(c5, 3, 2)
     with torch.no_grad():
         out = trunk(x, ["conv1", "conv3", "conv5", "flatten"])
-    for got, want in zip(out, (c1, c3, c5, pool5)):
+    for got, want in zip(out, (c1, c3, c5, pool5), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -134,9 +133,9 @@ def test_activation_checkpointing_gives_the_same_gradients_and_statistics():
     for m in (plain, ckpt):
         m.train()
         sum(f.pow(2).sum() for f in m(x, ["conv2", "conv5"])).backward()
-    for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
+    for (name, p), q in zip(plain.named_parameters(), ckpt.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
-    for (name, a), b in zip(plain.state_dict().items(), ckpt.state_dict().values()):
+    for (name, a), b in zip(plain.state_dict().items(), ckpt.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, msg=name)
 
 

@@ -4,9 +4,8 @@ timm's BEiT, feature names, errors."""
 import pytest
 import torch
 
-import vissl_models
 from vissl_models.config.loader import ConfigError
-from utils import model_config
+from utils import build_trunk, randomize as shared_randomize
 
 TINY = {"IMAGE_SIZE": 32, "PATCH_SIZE": 8, "NUM_LAYERS": 3, "NUM_HEADS": 2, "HIDDEN_DIM": 16}
 # the caltech101 linear-evaluation model of the original, shrunk
@@ -14,17 +13,11 @@ RELPOS = dict(TINY, QKV_BIAS=True, USE_REL_POS_BIAS=True, USE_MEAN_POOLING=False
 
 
 def build(seed=0, input_type="rgb", **beit):
-    torch.manual_seed(seed)
-    cfg = model_config(INPUT_TYPE=input_type, TRUNK={"NAME": "beit", "BEIT": dict(TINY, **beit)})
-    return vissl_models.get_model_trunk("beit")(cfg, "beit")
+    return build_trunk("beit", seed, "BEIT", dict(TINY, **beit), INPUT_TYPE=input_type)
 
 
 def randomize(module, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return module
+    return shared_randomize(module, seed)
 
 
 def brute_force_index(wh, ww):

@@ -204,7 +204,7 @@ def test_state_cannot_be_set_on_allowlisted_globals():
     assert not hasattr(safe_pickle.allowed_globals()["collections.defaultdict"], "vissl_test_marker")
 
 
-def test_numpy_1x_module_names_load_in_the_weights_only_pass(tmp_path, monkeypatch):
+def test_numpy_1x_module_names_load_in_one_restricted_pass(tmp_path, monkeypatch):
     import zipfile
 
     src, dst = tmp_path / "np2.torch", tmp_path / "np1.torch"
@@ -217,9 +217,14 @@ def test_numpy_1x_module_names_load_in_the_weights_only_pass(tmp_path, monkeypat
             zout.writestr(item, data)
     passes = []
     real_load = torch.load
-    monkeypatch.setattr(torch, "load", lambda *a, **k: passes.append(k["weights_only"]) or real_load(*a, **k))
+    monkeypatch.setattr(torch, "load", lambda *a, **k: passes.append((k["weights_only"], k.get("pickle_module")))
+                        or real_load(*a, **k))
+    allowlist_before = list(torch.serialization.get_safe_globals())
     obj = safe_torch_load(str(dst))
-    assert passes == [True] and np.array_equal(obj["meter"], np.arange(3)) and obj["top1"] == 2.5
+    # One pass, through the restricted unpickler; torch's process-wide allowlist is not touched.
+    assert passes == [(False, RESTRICTED_PICKLE)]
+    assert list(torch.serialization.get_safe_globals()) == allowlist_before
+    assert np.array_equal(obj["meter"], np.arange(3)) and obj["top1"] == 2.5
 
 
 def test_a_model_container_that_is_a_foreign_object_is_named(tmp_path):

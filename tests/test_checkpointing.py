@@ -28,7 +28,7 @@ def train_step(module, x, run):
 
 
 def assert_same_step(a, b):
-    for x, y in zip(a[0] + a[1], b[0] + b[1]):
+    for x, y in zip(a[0] + a[1], b[0] + b[1], strict=True):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
 
 

@@ -6,15 +6,13 @@ from classy_vision.models import VisionTransformer as ClassyVisionViT
 
 import vissl_models
 from vissl_models.config.loader import ConfigError
-from utils import deep_update, model_config
+from utils import build_trunk, model_config
 
 VIT = {"IMAGE_SIZE": 16, "PATCH_SIZE": 4, "NUM_LAYERS": 2, "NUM_HEADS": 2, "HIDDEN_DIM": 16, "MLP_DIM": 32}
 
 
 def build(vit=None, seed=0, **model):
-    torch.manual_seed(seed)
-    cfg = model_config(**deep_update(model, {"TRUNK": {"NAME": "classy_vit", "VISION_TRANSFORMERS": dict(VIT, **(vit or {}))}}))
-    return vissl_models.get_model_trunk("classy_vit")(cfg, "classy_vit")
+    return build_trunk("classy_vit", seed, "VISION_TRANSFORMERS", dict(VIT, **(vit or {})), **model)
 
 
 def classy_reference(classifier="token", image_size=16, **kw):

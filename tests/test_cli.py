@@ -20,8 +20,10 @@ def run(argv):
 
 
 def test_default_run_needs_no_arguments():
-    proc = subprocess.run([sys.executable, "-m", "vissl_models.cli"], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "vissl_models"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
+    # fvcore's torch.jit.script FutureWarning (and any other chatter) stays out of the summary.
+    assert "Warning" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     text = proc.stdout
     assert "trunk      resnet" in text and "swav_head" in text
     assert "multi-crop 2x224px + 6x96px" in text
@@ -32,7 +34,8 @@ def test_default_run_needs_no_arguments():
 def test_summary_of_a_shipped_config_with_overrides_and_crops():
     code, text = run(["summary", "simclr_resnet50", *TINY, "--crops", "2x64,2x32"])
     assert code == 0
-    assert "outputs    [['4x16']]" not in text and "[" in text
+    # One MLP head over the 4 crops of one image: a single 4 x 16 output.
+    assert "outputs    ['4x16']" in text
     assert "multi-crop 2x64px + 2x32px" in text and "GFLOPs" in text
 
 
@@ -52,7 +55,25 @@ def test_summary_with_weights_reports_coverage(tmp_path):
     code, text = run(["summary", "simclr_resnet50", *TINY, "--no-flops", "--weights", str(path)])
     assert code == 0
     assert "layout vissl_classy" in text
+    assert f"trunk: {len(model.trunk.state_dict())}/{len(model.trunk.state_dict())} keys loaded\n" in text
     assert "heads: 1/2 keys loaded; 1 missing from checkpoint: 0.clf.0.bias" in text
+
+
+def test_summary_with_weights_that_fit_nothing_or_not_strictly(tmp_path, capsys):
+    unrelated = tmp_path / "unrelated.torch"
+    torch.save({"state_dict": {"something.else": torch.zeros(3)}}, unrelated)
+    before = unrelated.read_bytes()
+    assert cli.main(["summary", "simclr_resnet50", *TINY, "--no-flops", "--weights", str(unrelated)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "vissl-models: error:" in err and "Traceback" not in err
+    assert unrelated.read_bytes() == before
+    model = tiny_model(HEAD={"PARAMS": [["mlp", {"dims": [512, 16]}]]})
+    state = model.get_classy_state(deep_copy=True)
+    del state["model"]["heads"]["0.clf.0.bias"]
+    partial = tmp_path / "partial.torch"
+    torch.save({"classy_state_dict": {"base_model": state}}, partial)
+    assert cli.main(["summary", "simclr_resnet50", *TINY, "--no-flops", "--weights", str(partial), "--strict"]) == 2
+    assert "0.clf.0.bias" in capsys.readouterr().err
 
 
 def test_errors_are_one_line_and_exit_2(capsys):

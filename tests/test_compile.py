@@ -21,5 +21,6 @@ def test_compiled_model_matches_eager(kind):
     with torch.no_grad():
         eager = model(x)
         compiled = torch.compile(model, fullgraph=True)(x)
-    for a, b in zip(eager[0], compiled[0]):
+    assert len(eager) == len(compiled) == 1
+    for a, b in zip(eager[0], compiled[0], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

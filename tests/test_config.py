@@ -7,12 +7,12 @@ import textwrap
 import pytest
 
 import vissl_models
-from vissl_models.config import ConfigError, default_config
+from vissl_models.config import ConfigError, default_config, list_shipped_configs, resolve_config
 from utils import model_config
 
 HERE = os.path.dirname(__file__)
 FIXTURE_CONFIGS = sorted(glob.glob(os.path.join(HERE, "..", "..", "shared", "parity", "public", "*", "config.yaml")))
-SHIPPED_CONFIGS = sorted(glob.glob(os.path.join(HERE, "..", "configs", "*.yaml")))
+SHIPPED_CONFIGS = [resolve_config(name) for name in list_shipped_configs()]
 
 
 def write(tmp_path, text, name="cfg.yaml"):
@@ -163,3 +163,175 @@ def test_attr_dict_behaviour():
     with pytest.raises(AttributeError, match="NO_SUCH"):
         cfg.MODEL.NO_SUCH
     assert isinstance(cfg.to_dict()["MODEL"], dict)
+
+
+# ------------------------------------------------------------------ hostile and VISSL-shaped files
+def alias_bomb(levels=9, fanout=10):
+    """YAML whose nested aliases expand to fanout**levels values (10**9 by default) in about 1 KB."""
+    lines = ["a0: &a0 [" + ", ".join(["x"] * fanout) + "]"]
+    for i in range(1, levels):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * fanout) + "]")
+    return "config:\n  DATA:\n" + "".join(f"    {line}\n" for line in lines)
+
+
+def test_alias_bomb_is_refused_quickly(tmp_path):
+    import time
+
+    text = alias_bomb()
+    assert len(text) < 1300
+    path = write(tmp_path, text)
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match="alias bomb"):
+        vissl_models.load_config(path)
+    with pytest.raises(ConfigError, match="alias bomb"):
+        vissl_models.load_config(None, ["+config.DATA.X=" + "{" + alias_bomb().split("\n", 2)[2].replace("\n", ", ") + "}"])
+    assert time.perf_counter() - t0 < 2.0
+    # Aliases used as configs use them (a shared list) still load.
+    ok = write(tmp_path, "config:\n  DATA:\n    MEAN: &m [0.5, 0.5, 0.5]\n    STD: *m\n", "ok.yaml")
+    assert vissl_models.load_config(ok).DATA.STD == [0.5, 0.5, 0.5]
+
+
+@pytest.mark.parametrize("text,match", [
+    ("config: !!python/object/apply:os.system ['echo hacked']", "python/object/apply"),
+    ("config:\n  MODEL: !!python/name:os.system", "python/name"),
+    ("config:\n  DATA: !!set {a: null}", "!!set"),
+    ("config:\n  DATA: !custom 3", "!custom"),
+    ("a: &a [*a]", "recursive"),
+    ("[" * 5000, "nested too deeply|not valid YAML"),
+    ("config: [unclosed", "not valid YAML.*line 1"),
+])
+def test_tags_recursion_and_syntax_errors_are_config_errors(tmp_path, text, match):
+    with pytest.raises(ConfigError, match=match):
+        vissl_models.load_config(write(tmp_path, text))
+
+
+@pytest.mark.parametrize("override,match", [
+    ("config.MODEL.TRUNK.NAME=!!python/object/apply:os.system [x]", "python/object/apply"),
+    ("config.MODEL.TRUNK.NAME=[unclosed", "not valid YAML"),
+    ("RESNETS=5", r"names nothing.*config\.MODEL\.TRUNK\.RESNETS"),
+    ("foo.bar=1", "names nothing"),
+    ("config.MODEL.TRUNK.RESNETS=5", r"MODEL\.TRUNK\.RESNETS: is a section"),
+    ("+config/pretrain/nothing=here", r"names nothing.*config/pretrain/nothing/here\.yaml"),
+    ("config=nothing/here", "names nothing"),
+    ("+config/a=../../etc/passwd", r"'\.\.'"),
+    ("~config.MODEL.TRUNK", "removing keys"),
+    ("config..MODEL=1", "empty"),
+])
+def test_bad_overrides_are_config_errors(override, match):
+    with pytest.raises(ConfigError, match=match):
+        vissl_models.load_config(None, [override])
+
+
+@pytest.mark.parametrize("text,match", [
+    ("config:\n  MODEL: 7", r"^MODEL: is a section.*7"),
+    ("config:\n  MODEL:\n    TRUNK: [resnet]", r"MODEL\.TRUNK: is a section"),
+    ("config: 5", "'config' must be a mapping"),
+    ("engine: extract_features\nconfig: {}", "engine"),
+    ("- a\n- b", "expected a mapping at the top"),
+])
+def test_wrong_shapes_name_the_key(tmp_path, text, match):
+    with pytest.raises(ConfigError, match=match):
+        vissl_models.load_config(write(tmp_path, text))
+
+
+def test_unreadable_files_are_config_errors(tmp_path):
+    binary = tmp_path / "bad.yaml"
+    binary.write_bytes(b"config:\n  \xff\xfe\x00 MODEL: {}\n")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        vissl_models.load_config(str(binary))
+    with pytest.raises(ConfigError, match="folder"):
+        vissl_models.load_config(str(tmp_path))
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError, match="not a regular file"):  # refused, not waited on
+        vissl_models.load_config(str(fifo))
+
+
+def test_engine_name_is_accepted_and_kept(tmp_path):
+    path = write(tmp_path, """\
+        # @package _global_
+        engine_name: extract_features
+        config:
+          MODEL:
+            TRUNK:
+              NAME: resnet
+        """)
+    cfg = vissl_models.load_config(path)
+    assert cfg.engine_name == "extract_features" and cfg.MODEL.TRUNK.NAME == "resnet"
+    assert vissl_models.load_config(path, ["engine_name=train"]).engine_name == "train"
+
+
+def vissl_tree(root):
+    """A small copy of the original's config tree: configs/config/<groups>/*.yaml."""
+    base = root / "configs" / "config"
+    (base / "pretrain" / "simclr" / "models").mkdir(parents=True)
+    (base / "feature_extraction" / "trunk_only").mkdir(parents=True)
+    (base / "pretrain" / "simclr" / "simclr_8node_resnet.yaml").write_text(textwrap.dedent("""\
+        # @package _global_
+        config:
+          DATA:
+            NUM_DATALOADER_WORKERS: 5
+          MODEL:
+            TRUNK:
+              NAME: resnet
+              RESNETS:
+                DEPTH: 50
+            HEAD:
+              PARAMS: [["mlp", {"dims": [2048, 128]}]]
+        """))
+    (base / "pretrain" / "simclr" / "models" / "resnet18.yaml").write_text(textwrap.dedent("""\
+        # @package _global_
+        config:
+          MODEL:
+            TRUNK:
+              RESNETS:
+                DEPTH: 18
+            HEAD:
+              PARAMS: [["mlp", {"dims": [512, 128]}]]
+        """))
+    (base / "feature_extraction" / "trunk_only" / "rn50_res5.yaml").write_text(textwrap.dedent("""\
+        # @package _global_
+        engine_name: extract_features
+        config:
+          MODEL:
+            FEATURE_EVAL_SETTINGS:
+              EVAL_MODE_ON: True
+        """))
+    return root / "configs"
+
+
+def test_group_overrides_compose_from_the_main_configs_tree(tmp_path):
+    root = vissl_tree(tmp_path)
+    main = root / "config" / "pretrain" / "simclr" / "simclr_8node_resnet.yaml"
+    cfg = vissl_models.load_config(
+        str(main),
+        ["config.MODEL.HEAD.PARAMS=[['mlp', {'dims': [512, 10]}]]",  # assignments apply after the files
+         "+config/pretrain/simclr/models=resnet18", "+config/feature_extraction/trunk_only=rn50_res5"],
+    )
+    assert cfg.MODEL.TRUNK.RESNETS.DEPTH == 18
+    assert cfg.MODEL.HEAD.PARAMS == [["mlp", {"dims": [512, 10]}]]
+    assert cfg.MODEL.FEATURE_EVAL_SETTINGS.EVAL_MODE_ON is True
+    assert cfg.engine_name == "extract_features" and cfg.DATA.NUM_DATALOADER_WORKERS == 5
+    assert not any("/" in str(k) for k in cfg)  # no junk keys
+
+
+def test_group_overrides_from_an_explicit_root_or_the_environment(tmp_path, monkeypatch):
+    root = vissl_tree(tmp_path)
+    overrides = ["config=pretrain/simclr/simclr_8node_resnet", "+config/pretrain/simclr/models=resnet18"]
+    with pytest.raises(ConfigError, match="names nothing"):
+        vissl_models.load_config(None, overrides)
+    cfg = vissl_models.load_config(None, overrides, config_root=str(root))
+    assert cfg.MODEL.TRUNK.RESNETS.DEPTH == 18 and cfg.DATA.NUM_DATALOADER_WORKERS == 5
+    monkeypatch.setenv("VISSL_MODELS_CONFIG_PATH", str(root))
+    assert vissl_models.load_config(None, overrides) == cfg
+
+
+def test_shipped_names_load_from_any_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = vissl_models.load_config("swav_resnet50")
+    assert cfg.MODEL.TRUNK.NAME == "resnet" and cfg.MODEL.HEAD.PARAMS[0][0] == "swav_head"
+    assert vissl_models.load_config("swav_resnet50.yaml") == cfg
+    with pytest.raises(FileNotFoundError, match=r"did you mean \['swav_resnet50'"):
+        vissl_models.load_config("swav_resnet5")
+    with pytest.raises(ConfigError, match="swav_resnet5"):
+        vissl_models.load_config("swav_resnet5")

@@ -418,9 +418,96 @@ def test_convert_checkpoint_direction_of_shared_vit_keys(tmp_path):
     path = str(tmp_path / "vit.pth")
     torch.save(state, path)
     assert convert_checkpoint(path, str(tmp_path / "a.pth"), "timm").src == "vissl"
-    assert convert_checkpoint(path, str(tmp_path / "b.torch"), "vissl").src == "timm"
+    assert convert_checkpoint(path, str(tmp_path / "b.torch"), "vissl", num_heads=2).src == "timm"
     with pytest.raises(ValueError, match="overwrite the input"):
         convert_checkpoint(path, path, "timm")
+
+
+def test_vit_to_vissl_without_a_head_count_is_refused_and_writes_nothing(tmp_path):
+    """The fused qkv hides the head count; a guessed one loads strictly but computes other features."""
+    state = vissl_trunk(TINY_VISSL["vision_transformer"]).state_dict()
+    path = str(tmp_path / "vit.pth")
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"number of attention heads.*--arch.*--num-heads"):
+        convert_checkpoint(path, str(tmp_path / "out.torch"), "vissl")
+    with pytest.raises(ValueError, match=r"num_heads=3: expected a positive integer dividing the width 32"):
+        convert_checkpoint(path, str(tmp_path / "out.torch"), "vissl", num_heads=3)
+    assert os.listdir(tmp_path) == ["vit.pth"]
+    with pytest.raises(ValueError, match="number of attention heads"):
+        vissl_trunk_config(state)
+
+
+def test_timm_xcit_to_vissl_needs_the_model_name_for_its_config(tmp_path):
+    """timm's XCiTs differ in TOKENS_NORM, which their weights do not show."""
+    state = vissl_trunk(TINY_VISSL["xcit"]).state_dict()
+    timm_state = convert_state_dict(state, "vissl", "timm")
+    path = str(tmp_path / "xcit.pth")
+    torch.save(timm_state, path)
+    with pytest.raises(ValueError, match="TOKENS_NORM .* give --arch"):
+        convert_checkpoint(path, str(tmp_path / "x.torch"), "vissl")
+    assert os.listdir(tmp_path) == ["xcit.pth"]
+
+
+@pytest.mark.parametrize("family", ["resnet", "regnet", "vision_transformer", "xcit"])
+def test_vissl_output_comes_with_a_config_that_loads_it(tmp_path, family):
+    torch.manual_seed(0)
+    trunk = randomize(vissl_trunk(TINY_VISSL[family]))
+    path = str(tmp_path / "in.pth")
+    torch.save(trunk.state_dict(), path)
+    out = str(tmp_path / "out.torch")
+    heads = 2 if family == "vision_transformer" else None
+    result = convert_checkpoint(path, out, "vissl", src="vissl" if family == "xcit" else None, num_heads=heads)
+    assert result.config_path == str(tmp_path / "out.yaml")
+    cfg = vissl_models.load_config(result.config_path)
+    assert cfg.MODEL.HEAD.PARAMS == [["identity", {}]]
+    if family == "xcit":
+        assert cfg.MODEL.TRUNK.XCIT.NUM_HEADS == 4  # read from the attention temperatures
+        assert any("TOKENS_NORM" in n for n in result.notes)
+    model = vissl_models.build_model(cfg.MODEL).eval()
+    report = model.load_weights(out)
+    assert not report.missing and not report.unexpected
+    x = image(2, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x)[0], trunk(x)[0], rtol=0, atol=0)
+
+
+def test_resnet_without_batchnorm_statistics_gets_no_guessed_config(tmp_path):
+    trunk = vissl_trunk({"NAME": "resnet", "RESNETS": {"DEPTH": 18, "NORM": "GroupNorm", "GROUPNORM_GROUPS": 4}})
+    with pytest.raises(ValueError, match="GroupNorm .* or LayerNorm, which the weights cannot tell apart"):
+        vissl_trunk_config(trunk.state_dict())
+    path = str(tmp_path / "gn.pth")
+    torch.save(trunk.state_dict(), path)
+    with pytest.raises(ValueError, match="--no-config"):
+        convert_checkpoint(path, str(tmp_path / "gn.torch"), "vissl")
+    assert os.listdir(tmp_path) == ["gn.pth"]
+    assert convert_checkpoint(path, str(tmp_path / "gn.torch"), "vissl", write_config=False).config_path is None
+
+
+def test_kept_classifier_is_in_the_written_config(tmp_path):
+    tv = randomize(torchvision.models.resnet18(num_classes=5))
+    path = str(tmp_path / "tv.pth")
+    torch.save(tv.state_dict(), path)
+    result = convert_checkpoint(path, str(tmp_path / "rn18.torch"), "vissl", with_head=True)
+    cfg = vissl_models.load_config(result.config_path)
+    assert cfg.MODEL.TRUNK.RESNETS.DEPTH == 18 and cfg.MODEL.HEAD.PARAMS == [["mlp", {"dims": [512, 5]}]]
+    model = vissl_models.build_model(cfg.MODEL).eval()
+    model.load_weights(str(tmp_path / "rn18.torch"))
+    x = image(2, 32)
+    with torch.no_grad():
+        close(model(x)[0], tv(x))
+
+
+def test_config_path_collisions_are_refused(tmp_path):
+    state = vissl_trunk(TINY_VISSL["resnet"]).state_dict()
+    path = str(tmp_path / "w.yaml")
+    torch.save(state, path)
+    with pytest.raises(ValueError, match="overwritten by its .yaml config"):
+        convert_checkpoint(path, str(tmp_path / "model.yaml"), "vissl")
+    with pytest.raises(ValueError, match="overwrite the input"):
+        convert_checkpoint(path, str(tmp_path / "w.torch"), "vissl")  # its config would be w.yaml
+    assert os.listdir(tmp_path) == ["w.yaml"]
+    convert_checkpoint(path, str(tmp_path / "w.torch"), "vissl", write_config=False)
+    assert sorted(os.listdir(tmp_path)) == ["w.torch", "w.yaml"]
 
 
 def test_vissl_key_names_in_another_container_are_repackaged(tmp_path):
@@ -471,6 +558,24 @@ def test_cli_convert(tmp_path, capsys):
     assert "dropped 2: head.fc.weight, head.fc.bias" in text
     assert "name: anynet" in text and "use_se: false" in text
 
+    assert f"model config -> {tmp_path / 'x.yaml'}" in text
+    assert vissl_models.load_config(str(tmp_path / "x.yaml")).MODEL.TRUNK.REGNET.name == "anynet"
+
     args = parser.parse_args(["convert", src, str(tmp_path / "y.pth"), "--to", "timm"])
     assert run_convert(args, io.StringIO()) == 2
     assert "already in the timm layout" in capsys.readouterr().err
+
+
+def test_cli_convert_vit_needs_the_head_count(tmp_path, capsys):
+    parser = argparse.ArgumentParser(prog="vissl-models")
+    add_convert_parser(parser.add_subparsers(dest="command"))
+    src = str(tmp_path / "vit.pth")
+    torch.save(vissl_trunk(TINY_VISSL["vision_transformer"]).state_dict(), src)
+    out = str(tmp_path / "v.torch")
+    assert run_convert(parser.parse_args(["convert", src, out, "--to", "vissl"]), io.StringIO()) == 2
+    assert "--num-heads" in capsys.readouterr().err and os.listdir(tmp_path) == ["vit.pth"]
+    text = io.StringIO()
+    assert run_convert(parser.parse_args(["convert", src, out, "--to", "vissl", "--num-heads", "2"]), text) == 0
+    assert "NUM_HEADS: 2" in text.getvalue() and sorted(os.listdir(tmp_path)) == ["v.torch", "v.yaml", "vit.pth"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["convert", src, out, "--to", "vissl", "--num-heads", "0"])

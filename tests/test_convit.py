@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import vissl_models
 from vissl_models.config.loader import ConfigError
 from vissl_models.trunks.convit import GPSA, relative_positions
-from utils import deep_update, model_config
+from utils import build_trunk, deep_update, model_config
 
 VIT = {"IMAGE_SIZE": 16, "PATCH_SIZE": 4, "NUM_LAYERS": 3, "NUM_HEADS": 4, "HIDDEN_DIM": 16, "MLP_DIM": 32}
 CONVIT = {"N_GPSA_LAYERS": 2, "LOCALITY_DIM": 2}
@@ -22,8 +22,8 @@ def trunk_config(vit=None, convit=None, **model):
 
 
 def build(vit=None, convit=None, seed=0, **model):
-    torch.manual_seed(seed)
-    return vissl_models.get_model_trunk("convit")(trunk_config(vit, convit, **model), "convit")
+    sections = {"VISION_TRANSFORMERS": dict(VIT, **(vit or {})), "CONVIT": dict(CONVIT, **(convit or {}))}
+    return build_trunk("convit", seed, **deep_update(model, {"TRUNK": sections}))
 
 
 def expected_layout(num_layers, n_gpsa, dim, heads, mlp, locality_dim, grid, patch, qkv_bias):

@@ -4,24 +4,18 @@ import pytest
 import torch
 
 import vissl_models
-from utils import model_config
+from utils import build_trunk, deep_update, model_config, randomize as shared_randomize
 
 TINY = {"DEPTH": [1, 1, 2, 1], "DIMS": [8, 16, 24, 32]}
 
 
 def build(seed=0, **model):
-    torch.manual_seed(seed)
-    cfg = model_config(**{"TRUNK": {"NAME": "convnext", "CONVNEXT": dict(TINY)}, **model})
-    return vissl_models.get_model_trunk("convnext")(cfg, "convnext")
+    return build_trunk("convnext", seed, **deep_update({"TRUNK": {"CONVNEXT": TINY}}, model))
 
 
 def randomize(module, seed=1):
-    """Random weights everywhere (LayerNorm affine and layer scale included)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3 + (1.0 if p.ndim == 1 else 0.0))
-    return module
+    """Random weights everywhere (LayerNorm affine and layer scale included, near 1)."""
+    return shared_randomize(module, seed, one_d_offset=1.0)
 
 
 def expected_keys(depths, dims):
@@ -111,7 +105,7 @@ def test_activation_checkpointing_gives_the_same_gradients():
         m.train()
         (out,) = m(x)
         out.pow(2).sum().backward()
-    for (name, a), b in zip(plain.named_parameters(), ckpt.parameters()):
+    for (name, a), b in zip(plain.named_parameters(), ckpt.parameters(), strict=True):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 

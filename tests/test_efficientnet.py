@@ -1,5 +1,6 @@
 """EfficientNet trunk: classy_vision keys and outputs, drop connect, feature order, errors."""
 
+import copy
 import re
 
 import pytest
@@ -10,14 +11,11 @@ from specs.efficientnet import B0
 
 import vissl_models
 from vissl_models.config import ConfigError
-from utils import image, model_config
+from utils import build_trunk, image, model_config
 
 
-def trunk(seed=0, **options):
-    torch.manual_seed(seed)
-    model = options.pop("model", {})
-    cfg = model_config(TRUNK={"NAME": "efficientnet", "EFFICIENT_NETS": dict(B0, **options)}, **model)
-    return vissl_models.get_model_trunk("efficientnet")(cfg, "efficientnet")
+def trunk(seed=0, model=None, **options):
+    return build_trunk("efficientnet", seed, "EFFICIENT_NETS", dict(B0, **options), **(model or {}))
 
 
 def classy_reference(**options):
@@ -93,12 +91,31 @@ def test_features_come_in_requested_order():
         ({"widht_divisor": 8}, "unknown keys"),
         ({"use_se": "yes"}, "use_se"),
         ({"model": {"INPUT_TYPE": "lab"}}, "'rgb' or 'bgr'"),
-        ({"model": {"ACTIVATION_CHECKPOINTING": {"USE_ACTIVATION_CHECKPOINTING": True}}}, "no activation checkpointing"),
     ],
 )
 def test_config_errors(options, message):
     with pytest.raises(ConfigError, match=message):
         trunk(**options)
+
+
+def test_activation_checkpointing_from_the_config_keeps_gradients_and_drop_connect():
+    ckpt = trunk(drop_connect_rate=0.5, model={"ACTIVATION_CHECKPOINTING": {"USE_ACTIVATION_CHECKPOINTING": True}})
+    assert ckpt.grad_checkpointing
+    plain = copy.deepcopy(ckpt)
+    plain.set_grad_checkpointing(False)
+    plain.train()
+    ckpt.train()
+    x = image(2, 32)
+    outs = []
+    for model in (plain, ckpt):
+        torch.manual_seed(3)  # the same drop-connect draws, replayed in the recompute
+        (out,) = model(x, ["flatten"])
+        out.pow(2).sum().backward()
+        outs.append(out)
+    torch.testing.assert_close(outs[0], outs[1])
+    grads = dict(plain.named_parameters())
+    for n, p in ckpt.named_parameters():
+        torch.testing.assert_close(p.grad, grads[n].grad, rtol=1e-4, atol=1e-6, msg=n)
 
 
 def test_missing_keys_are_named():

@@ -3,6 +3,7 @@
 import argparse
 import io
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -174,6 +175,7 @@ def test_linear_eval_config_gets_pretraining_trunk_weights(images, tmp_path, wei
         extract_features(str(cfg), images, layers=["res3"], progress=False)
 
 
+@pytest.mark.filterwarnings("ignore:extract_features. no weights")
 def test_unknown_layer_and_bad_arguments(images, config):
     with pytest.raises(ValueError, match="valid names"):
         extract_features(config, [images / "a.jpg"], layers=["res9"], image_size=CROP, resize=RESIZE, progress=False)
@@ -259,3 +261,116 @@ def test_atomic_write_leaves_no_partial_file(images, weights, tmp_path, monkeypa
         result.save(fresh)
     assert not fresh.exists()
     assert os.listdir(folder) == [f"out{fmt}"]
+
+
+# ------------------------------------------------------------------ hostile files, defaults, pretrained_cfg
+TINY_VIT = {"MODEL": {"TRUNK": {"NAME": "vision_transformer", "VISION_TRANSFORMERS": {
+    "IMAGE_SIZE": 32, "PATCH_SIZE": 16, "NUM_LAYERS": 1, "NUM_HEADS": 2, "HIDDEN_DIM": 16, "MLP_DIM": 32}},
+    "HEAD": {"PARAMS": [["mlp", {"dims": [16, 4]}]]}}}
+
+
+def test_named_pipe_in_the_folder_is_skipped_not_waited_on(images, weights):
+    _, model = weights
+    fifo = images / "sub" / "waiting.jpg"
+    os.mkfifo(fifo)
+    def blocked(*_):
+        raise TimeoutError("extraction blocked on a named pipe")
+
+    previous = signal.signal(signal.SIGALRM, blocked)
+    signal.alarm(60)
+    try:
+        result = extract_features(model, images, layers=["res5avg"], image_size=CROP, resize=RESIZE, progress=False)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    reasons = dict(result.skipped)
+    assert "not a regular file (named pipe)" in reasons[str(fifo)]
+    assert str(fifo) not in result.paths and len(result.paths) == 5
+
+
+def test_default_layer_is_the_trunks_pooled_feature(images):
+    vit = vissl_models.build_model(vissl_models.load_config(TINY_VIT).MODEL).eval()
+    with pytest.warns(UserWarning, match="RANDOM"):
+        result = extract_features(TINY_VIT, [images / "a.jpg"], image_size=32, resize=36, progress=False)
+    names = list(result.features)
+    assert len(names) == 1 and result.features[names[0]].shape == (1, 16)
+    assert extract.default_layer(vit.trunk) in ("lastCLS", getattr(vit.trunk, "default_feature", "lastCLS"))
+    resnet = vissl_models.build_model(vissl_models.load_config({"MODEL": {"TRUNK": {"NAME": "resnet", "RESNETS": {
+        "DEPTH": 18}}}}).MODEL)
+    assert extract.default_layer(resnet.trunk) == "res5avg"
+
+
+def test_pretrained_cfg_sets_the_default_preprocessing(images, weights):
+    from types import SimpleNamespace
+
+    _, model = weights
+    model.pretrained_cfg = SimpleNamespace(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), input_size=(3, 32, 32),
+                                           crop_pct=0.8, channel_order="bgr")
+    try:
+        result = extract_features(model, [images / "a.jpg"], layers=["res5avg"], progress=False)
+    finally:
+        del model.pretrained_cfg
+    tf = T.Compose([T.Resize(40), T.CenterCrop(32), T.ToTensor(), T.Normalize([0.5] * 3, [0.25] * 3)])
+    batch = tf(Image.open(images / "a.jpg").convert("RGB"))[None].flip(1)
+    with torch.no_grad():
+        ref = model.trunk(batch, ["res5avg"])[0].flatten(1)
+    np.testing.assert_allclose(result.features["res5avg"], ref.numpy(), rtol=1e-4, atol=1e-5)
+    settings = extract.preprocessing(model, mean=(0.1, 0.2, 0.3), resize=0)
+    assert settings.mean == (0.1, 0.2, 0.3) and settings.resize == 0 and settings.image_size == 224
+
+
+def test_weights_that_do_not_fit_the_trunk_change_nothing(images, tmp_path, config):
+    model = vissl_models.build_model(vissl_models.load_config(config).MODEL).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    other = vissl_models.build_model(vissl_models.load_config(config, ["config.MODEL.TRUNK.RESNETS.DEPTH=34"]).MODEL)
+    path = tmp_path / "other.torch"
+    torch.save({"classy_state_dict": {"base_model": other.get_classy_state()}}, path)
+    with pytest.raises(vissl_models.CheckpointError):
+        extract_features(model, [images / "a.jpg"], layers=["res5avg"], weights=path, image_size=CROP,
+                         resize=RESIZE, progress=False)
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_cli_without_weights_warns_loudly(images, config, tmp_path):
+    out = tmp_path / "f.npz"
+    code, _, err = run_cli([config, "--images", str(images / "a.jpg"), "--out", str(out), "--crop", "32",
+                            "--resize", "40", "--no-progress"])
+    assert code == 0 and "RANDOM weights" in err and out.exists()
+
+
+def test_lab_preprocessing_matches_known_colours():
+    # White, black and pure sRGB red: Lab (100, 0, 0), (0, 0, 0), (53.24, 80.09, 67.20), through the
+    # original's 8-bit step (L * 255 / 100, a and b + 128, rounded) and back to L - 50, a, b.
+    rgb = torch.tensor([[1.0, 0.0, 1.0], [1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])[:, None, :]
+    lab = extract.transforms.rgb_to_lab(rgb)[:, 0, :]
+    expected = torch.tensor([[50.0, -50.0, 136 * 100 / 255 - 50], [0.0, 0.0, 80.0], [0.0, 0.0, 67.0]])
+    torch.testing.assert_close(lab, expected, atol=1e-4, rtol=0)
+
+
+def test_model_presets_reach_the_transform(images):
+    from types import SimpleNamespace
+
+    squash = SimpleNamespace(input_size=(3, 32, 32), crop_pct=1.0, crop_mode="squash", channel_order="lab",
+                             mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), interpolation="bicubic")
+    settings = extract.settings_for(SimpleNamespace(pretrained_cfg=squash))
+    assert (settings.image_size, settings.resize, settings.crop_mode, settings.channel_order) == (32, 32, "squash", "lab")
+    img = extract.transform_from(settings)(Image.open(images / "b.JPEG").convert("RGB"))  # 41 x 70 -> 32 x 32
+    assert img.shape == (3, 32, 32) and -50 <= float(img[0].min()) and float(img[0].max()) <= 50
+    bad = SimpleNamespace(pretrained_cfg=SimpleNamespace(channel_order="cmyk"))
+    with pytest.raises(ValueError, match="channel_order"):
+        extract.settings_for(bad)
+
+
+def test_torchvision_weights_give_torchvisions_features(images, config, tmp_path):
+    import torchvision
+
+    tv = torchvision.models.resnet18().eval()
+    path = tmp_path / "resnet18_torchvision.pth"
+    torch.save(tv.state_dict(), path)
+    result = extract_features(config, [images / "a.jpg"], weights=path, image_size=CROP, resize=RESIZE,
+                              progress=False)
+    assert "converted torchvision" in result.load_report.summary()
+    with torch.no_grad():
+        ref = torch.nn.Sequential(*list(tv.children())[:-1])(reference_batch([images / "a.jpg"])).flatten(1)
+    np.testing.assert_allclose(result.features["res5avg"], ref.numpy(), rtol=1e-4, atol=1e-5)

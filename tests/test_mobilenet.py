@@ -95,7 +95,7 @@ def test_tv_with_timm_bn_equals_timm_trunk_on_converted_weights(timm_trunk):
     src, dst = timm_trunk.state_dict(), tv.state_dict()
     assert len(src) == len(dst)
     converted = {}
-    for (k_dst, v_dst), v_src in zip(dst.items(), src.values()):
+    for (k_dst, v_dst), v_src in zip(dst.items(), src.values(), strict=True):
         assert v_dst.shape == v_src.shape, k_dst
         converted[k_dst] = v_src
     tv.load_state_dict(converted)

@@ -7,19 +7,16 @@ import torch
 from classy_vision.models import build_model as classy_build_model
 from specs.regnet import TINY_ANYNET, TINY_REGNET
 
-import vissl_models
 from vissl_models.config import ConfigError
 from vissl_models.trunks.regnet import RegNetOptions
 from vissl_models.trunks.regnet_fsdp import BlockGroup, stage_groups
-from utils import assert_same_outputs, image, model_config
+from utils import assert_same_outputs, build_trunk, image
 
 ALL_FEATURES = ["conv1", "res2", "res3", "res4", "res5", "avgpool", "flatten"]
 
 
 def trunk(name, regnet, seed=0, **model):
-    torch.manual_seed(seed)
-    cfg = model_config(TRUNK={"NAME": name, "REGNET": regnet}, **model)
-    return vissl_models.get_model_trunk(name)(cfg, name)
+    return build_trunk(name, seed, "REGNET", regnet, **model)
 
 
 def classy_to_vissl(key):

@@ -4,15 +4,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import vissl_models
 from vissl_models.config import ConfigError
 from vissl_models.trunks.resnet_sk import BottleneckBlock, ResNetSKOptions, SelectiveKernel
-from utils import model_config
+from utils import build_trunk, model_config
 
 
 def build(depth=50, width=1, sk=0.0625, **model):
-    cfg = model_config(TRUNK={"NAME": "resnet_sk", "RESNETS_SK": {"DEPTH": depth, "WIDTH_MULTIPLIER": width, "SK_RATIO": sk}}, **model)
-    return vissl_models.get_model_trunk("resnet_sk")(cfg, "resnet_sk")
+    options = {"DEPTH": depth, "WIDTH_MULTIPLIER": width, "SK_RATIO": sk}
+    return build_trunk("resnet_sk", None, "RESNETS_SK", options, **model)
 
 
 def _bn_eval(bn, x):

@@ -1,6 +1,5 @@
-"""Every config in configs/ builds; the per-family showcase configs also run through the CLI."""
+"""Every config in vissl_models/configs/ builds; the per-family showcase configs also run through the CLI."""
 
-import glob
 import io
 import os
 
@@ -9,8 +8,10 @@ import torch
 
 import vissl_models
 from vissl_models import cli
+from vissl_models.config import list_shipped_configs, resolve_config
 
-CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.yaml")))
+# The shipped configs as the package sees them, wherever they live in the source tree.
+CONFIGS = [resolve_config(name) for name in list_shipped_configs()]
 
 # One config per trunk family named by the issues; `vissl-models summary` runs each for real (slow).
 SHOWCASE = [

@@ -5,18 +5,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import vissl_models
 from vissl_models.config.loader import ConfigError
 from vissl_models.trunks.swin_transformer import WindowAttention, relative_position_index, shifted_window_mask
-from utils import model_config
+from utils import build_trunk
 
 TINY = {"IMAGE_SIZE": 32, "PATCH_SIZE": 4, "EMBED_DIM": 16, "DEPTHS": [2, 2], "NUM_HEADS": [2, 4], "WINDOW_SIZE": 4}
 
 
 def build(name="swin_transformer", seed=0, **swin):
-    torch.manual_seed(seed)
-    cfg = model_config(TRUNK={"NAME": name, "SWIN_TRANSFORMER": dict(TINY, **swin)})
-    return vissl_models.get_model_trunk(name)(cfg, name)
+    return build_trunk(name, seed, "SWIN_TRANSFORMER", dict(TINY, **swin))
 
 
 def randomize(module, seed=1):

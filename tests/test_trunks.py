@@ -5,15 +5,9 @@ import torch
 
 import vissl_models
 from specs import TRUNK_SPECS
-from utils import assert_same_outputs, deep_update, grads_missing, image, model_config
+from utils import assert_same_outputs, build_spec_trunk as build_trunk, grads_missing, image
 
 SPEC_IDS = [s.id for s in TRUNK_SPECS]
-
-
-def build_trunk(spec, seed=0):
-    torch.manual_seed(seed)
-    cfg = model_config(**deep_update(spec.model, {"TRUNK": {"NAME": spec.name}}))
-    return vissl_models.get_model_trunk(spec.name)(cfg, spec.name)
 
 
 def test_every_registered_trunk_has_a_spec():

@@ -9,21 +9,17 @@ import torch.nn.functional as F
 import vissl_models
 from vissl_models.config import ConfigError
 from vissl_models.layers.transformer import Attention, Block, Fp32LayerNorm, drop_path_rates, interpolate_pos_embed
-from utils import model_config
+from utils import build_trunk, model_config, randomize as shared_randomize
 
 TINY = {"IMAGE_SIZE": 32, "PATCH_SIZE": 8, "NUM_LAYERS": 2, "NUM_HEADS": 2, "HIDDEN_DIM": 16, "MLP_DIM": 32,
         "QKV_BIAS": True}
 
 
 def trunk(name="vision_transformer", seed=0, randomize=True, **options):
-    cfg = model_config(TRUNK={"NAME": name, "VISION_TRANSFORMERS": {**TINY, **options}})
-    t = vissl_models.get_model_trunk(name)(cfg, name).eval()
+    t = build_trunk(name, None, "VISION_TRANSFORMERS", {**TINY, **options}).eval()
     if randomize:
         # Non-trivial weights everywhere (LayerNorm affine, biases, positions) for the comparisons.
-        g = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for p in t.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+        shared_randomize(t, seed)
     return t
 
 

@@ -7,27 +7,18 @@ import torch
 
 import vissl_models
 from vissl_models.config.loader import ConfigError
-from utils import model_config
+from utils import build_trunk, model_config, randomize as shared_randomize
 
 TINY = {"IMAGE_SIZE": 32, "PATCH_SIZE": 16, "HIDDEN_DIM": 32, "NUM_LAYERS": 2, "NUM_HEADS": 4}
 
 
 def build(name="xcit", seed=0, **xcit):
-    torch.manual_seed(seed)
-    cfg = model_config(TRUNK={"NAME": name, "XCIT": dict(TINY, **xcit)})
-    return vissl_models.get_model_trunk(name)(cfg, name)
+    return build_trunk(name, seed, "XCIT", dict(TINY, **xcit))
 
 
 def randomize(module, seed=1):
     """Random weights and BatchNorm statistics everywhere."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in module.state_dict().items():
-            if not t.is_floating_point():
-                continue
-            v = torch.randn(t.shape, generator=g) * 0.3
-            t.copy_(v.abs() + 0.5 if name.endswith("running_var") else v)
-    return module
+    return shared_randomize(module, seed, buffers=True)
 
 
 def expected_keys(dim, heads, depth, cls_blocks, stem):

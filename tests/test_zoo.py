@@ -3,6 +3,7 @@
 import argparse
 import io
 import json
+import os
 import re
 from importlib import resources
 
@@ -13,6 +14,7 @@ import yaml
 import vissl_models
 from vissl_models import zoo
 from vissl_models.config import default_config
+from vissl_models.pretrained import PretrainedCfg
 
 ENTRIES = zoo.list_models()
 CONFIGS = sorted({e.config for e in ENTRIES})
@@ -120,6 +122,39 @@ def test_parse_zoo_rejects_bad_entries():
         zoo.parse_zoo({"layouts": layouts, "models": [{**entry, "layout": "other"}]})
     with pytest.raises(ValueError, match="unknown fields"):
         zoo.parse_zoo({"layouts": layouts, "models": [{**entry, "top_1": 3}]})
+
+
+def test_parse_zoo_preprocessing_presets():
+    entry = dict(name="x", method="m", arch="a", trunk={"NAME": "resnet"}, config="resnet50_trunk",
+                 description="d", pretrain_dataset="p", top1=61.5, url="https://h/f.torch", layout="l",
+                 top1_eval="knn")
+    layouts = {"l": "a layout"}
+    [plain] = zoo.parse_zoo({"layouts": layouts, "models": [entry]})[1]
+    assert plain.preprocessing == "imagenet" and plain.pretrained_cfg == PretrainedCfg(
+        top1=61.5, top1_eval="knn", source="x")
+    presets = {"imagenet": {}, "big": {"input_size": [3, 288, 288], "crop_pct": 1.0}}
+    [big] = zoo.parse_zoo({"layouts": layouts, "preprocessing": presets,
+                           "models": [{**entry, "preprocessing": "big"}]})[1]
+    assert (big.pretrained_cfg.input_size, big.pretrained_cfg.resize_size) == ((3, 288, 288), 288)
+    with pytest.raises(ValueError, match=r"preprocessing 'huge' is not one of \['big', 'imagenet'\]"):
+        zoo.parse_zoo({"layouts": layouts, "preprocessing": presets, "models": [{**entry, "preprocessing": "huge"}]})
+    with pytest.raises(ValueError, match=r"preset 'bad': pretrained_cfg.crop_pct: got 0"):
+        zoo.parse_zoo({"layouts": layouts, "preprocessing": {"bad": {"crop_pct": 0}}, "models": [entry]})
+    with pytest.raises(ValueError, match=r"preset 'bad': pretrained_cfg: unknown keys \['size'\]"):
+        zoo.parse_zoo({"layouts": layouts, "preprocessing": {"bad": {"size": 3}}, "models": [entry]})
+
+
+def test_shipped_presets_are_all_used():
+    raw = yaml.safe_load(resources.files("vissl_models").joinpath("zoo.yaml").read_text())
+    assert {e.preprocessing for e in ENTRIES} == set(raw["preprocessing"])
+    assert zoo.get("colorization_alexnet_in1k_goyal19").pretrained_cfg.channel_order == "lab"
+    assert zoo.get("jigsaw_alexnet_in1k_goyal19").pretrained_cfg.crop_mode == "squash"
+
+
+def test_config_path_is_inside_the_package(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = zoo.get("swav_rn50_in1k_800ep").config_path
+    assert path == os.path.join(os.path.dirname(vissl_models.__file__), "configs", "swav_resnet50.yaml")
 
 
 def run(argv):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, Iterable, Mapping
+from typing import Any, Dict, Iterable, Mapping, Optional
 
 import torch
 
@@ -44,7 +44,7 @@ def flat_outputs(out) -> Iterable[torch.Tensor]:
 def assert_same_outputs(a, b, atol: float = 1e-5, rtol: float = 1e-4) -> None:
     fa, fb = list(flat_outputs(a)), list(flat_outputs(b))
     assert len(fa) == len(fb)
-    for x, y in zip(fa, fb):
+    for x, y in zip(fa, fb, strict=True):
         assert x.shape == y.shape
         torch.testing.assert_close(x, y, atol=atol, rtol=rtol)
 
@@ -56,6 +56,47 @@ def grads_missing(module: torch.nn.Module, allowed: Iterable[str] = ()) -> list:
         n for n, p in module.named_parameters()
         if p.requires_grad and (p.grad is None) and not any(a in n for a in allowed)
     ]
+
+
+def build_trunk(name: str, seed: Optional[int] = 0, section: Optional[str] = None,
+                options: Optional[Mapping[str, Any]] = None, **model: Any) -> torch.nn.Module:
+    """Trunk ``name`` from a complete MODEL config, built after seeding the RNG with ``seed``.
+
+    ``section``/``options`` fill ``MODEL.TRUNK.<section>``; keywords are other MODEL overrides,
+    nested like the YAML (a ``TRUNK`` keyword is merged with the name and section).
+    """
+    if seed is not None:
+        torch.manual_seed(seed)
+    trunk = {"NAME": name}
+    if section is not None:
+        trunk[section] = dict(options or {})
+    cfg = model_config(**deep_update(model, {"TRUNK": trunk}))
+    return vissl_models.get_model_trunk(name)(cfg, name)
+
+
+def build_spec_trunk(spec, seed: Optional[int] = 0) -> torch.nn.Module:
+    """The trunk of a ``tests/specs`` ``TrunkSpec``."""
+    return build_trunk(spec.name, seed, **spec.model)
+
+
+def randomize(module: torch.nn.Module, seed: int = 1, scale: float = 0.3, one_d_offset: float = 0.0,
+              buffers: bool = False) -> torch.nn.Module:
+    """Non-trivial weights everywhere, so outputs depend on every parameter: N(0, scale) draws,
+    ``one_d_offset`` added to 1-d parameters (norm weights near 1 when it is 1). With ``buffers``,
+    floating buffers are drawn too (running variances kept positive)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        tensors = module.state_dict(keep_vars=True).items() if buffers else module.named_parameters()
+        for name, t in tensors:
+            if not t.is_floating_point():
+                continue
+            v = torch.randn(t.shape, generator=g) * scale
+            if name.endswith("running_var"):
+                v = v.abs() + 0.5
+            elif t.dim() == 1 and isinstance(t, torch.nn.Parameter):
+                v = v + one_d_offset
+            t.copy_(v)
+    return module
 
 
 TINY_RESNET = {"TRUNK": {"NAME": "resnet", "RESNETS": {"DEPTH": 18}}}

@@ -14,6 +14,8 @@ from .registry import (
 from . import heads as _heads  # noqa: F401  (registers the built-in heads)
 from . import trunks as _trunks  # noqa: F401  (registers the built-in trunks)
 from .model import BaseSSLMultiInputOutputModel, build_model
+from .api import UnknownModelError, create_model, list_models
+from .pretrained import PretrainedCfg
 
 __version__ = "0.1.0"
 
@@ -24,11 +26,15 @@ __all__ = [
     "ConfigError",
     "LoadReport",
     "LoadedCheckpoint",
+    "PretrainedCfg",
     "StateMismatchError",
+    "UnknownModelError",
     "build_model",
+    "create_model",
     "get_model_head",
     "get_model_trunk",
     "list_heads",
+    "list_models",
     "list_trunks",
     "load_checkpoint",
     "load_config",

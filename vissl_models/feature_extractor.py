@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import List, Mapping, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 from torch import nn
 
 from .layers import Identity
 from .model_helpers import FeatureEvalSettings
-from .registry import get_model_trunk
 
 POOL_OPS = {
     "AdaptiveAvgPool2d": nn.AdaptiveAvgPool2d,
@@ -21,16 +20,17 @@ POOL_OPS = {
 
 
 class FeatureExtractorModel(nn.Module):
-    """``base_model`` (the trunk, frozen and always in eval mode) and ``feature_pool_ops``.
+    """``base_model`` (a built trunk, frozen here and always in eval mode) and one pooling op per
+    feature of ``settings.pool_ops`` (``MODEL.FEATURE_EVAL_SETTINGS.LINEAR_EVAL_FEAT_POOL_OPS_MAP``).
 
-    Keys are ``base_model.*`` and ``feature_pool_ops.*``, as in the original.
+    Keys are ``base_model.*`` and ``feature_pool_ops.*``, the original's layout.
     """
 
-    def __init__(self, model_config: Mapping, settings: Optional[FeatureEvalSettings] = None) -> None:
+    def __init__(self, trunk: nn.Module, settings: FeatureEvalSettings) -> None:
         super().__init__()
-        settings = settings or FeatureEvalSettings.from_config(model_config)
-        trunk_name = model_config["TRUNK"]["NAME"]
-        self.base_model = get_model_trunk(trunk_name)(model_config, trunk_name)
+        if not isinstance(trunk, nn.Module):
+            raise TypeError(f"FeatureExtractorModel takes a built trunk module, got {type(trunk).__name__}")
+        self.base_model = trunk
         self.feature_pool_ops = nn.ModuleList(POOL_OPS[op](*args) for _, op, args in settings.pool_ops)
         self.should_flatten_feats = settings.should_flatten_feats
         for p in self.base_model.parameters():

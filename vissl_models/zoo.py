@@ -23,9 +23,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, TextIO, Tuple
 
 import yaml
 
+from .config import ConfigError
+from .pretrained import PretrainedCfg
+
 TOP1_EVALS = ("linear", "knn")
 _REQUIRED = ("name", "method", "arch", "trunk", "config", "description", "pretrain_dataset", "top1", "url", "layout")
-_OPTIONAL = ("top1_eval", "eval_feature", "finetune_top1", "weights_init", "notes")
+_OPTIONAL = ("top1_eval", "eval_feature", "finetune_top1", "weights_init", "notes", "preprocessing")
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,8 @@ class ZooEntry:
     finetune_top1: Optional[float] = None
     weights_init: Mapping[str, Any] = field(default_factory=dict)
     notes: str = ""
+    preprocessing: str = "imagenet"
+    pretrained_cfg: Optional[PretrainedCfg] = field(default=None, compare=False)
 
     @property
     def checkpoint_file(self) -> str:
@@ -56,9 +61,9 @@ class ZooEntry:
     @property
     def config_path(self) -> str:
         """Path of the shipped config file that builds this model."""
-        from .cli import resolve_config
+        from .api import shipped_config_path
 
-        return resolve_config(self.config)
+        return shipped_config_path(self.config)
 
     def load_config(self, overrides: Sequence[str] = ()):
         """The composed config of this entry (``vissl_models.load_config``), with ``overrides``."""
@@ -71,6 +76,7 @@ class ZooEntry:
         out = asdict(self)
         out["trunk"] = _plain(self.trunk)
         out["weights_init"] = _plain(self.weights_init)
+        out["pretrained_cfg"] = self.pretrained_cfg.to_dict() if self.pretrained_cfg else None
         out["checkpoint_file"] = self.checkpoint_file
         return out
 
@@ -83,11 +89,24 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _presets(data: Mapping[str, Any], source: str) -> Dict[str, Mapping[str, Any]]:
+    presets = data.get("preprocessing") or {"imagenet": {}}
+    if not isinstance(presets, Mapping) or not all(isinstance(v, Mapping) for v in presets.values()):
+        raise ValueError(f"{source}: preprocessing must map preset names to mappings, got {presets!r}")
+    for name, values in presets.items():
+        try:
+            PretrainedCfg.from_dict(values)
+        except (ConfigError, TypeError) as e:
+            raise ValueError(f"{source}: preprocessing preset {name!r}: {e}") from None
+    return dict(presets)
+
+
 def parse_zoo(data: Mapping[str, Any], source: str = "zoo.yaml") -> Tuple[Dict[str, str], List[ZooEntry]]:
     """Validate the catalogue's data and return ``(layouts, entries)``; a bad entry raises ``ValueError``."""
     if not isinstance(data, Mapping) or not isinstance(data.get("models"), list):
         raise ValueError(f"{source}: expected a mapping with a 'models' list")
     layouts = dict(data.get("layouts") or {})
+    presets = _presets(data, source)
     entries: List[ZooEntry] = []
     seen: Dict[str, int] = {}
     for i, raw in enumerate(data["models"]):
@@ -116,6 +135,12 @@ def parse_zoo(data: Mapping[str, Any], source: str = "zoo.yaml") -> Tuple[Dict[s
         weights_init = raw.get("weights_init") or {}
         if not isinstance(weights_init, Mapping):
             raise ValueError(f"{where}: weights_init must be a mapping, got {weights_init!r}")
+        preprocessing = str(raw.get("preprocessing", "imagenet"))
+        if preprocessing not in presets:
+            raise ValueError(f"{where}: preprocessing {preprocessing!r} is not one of {sorted(presets)}")
+        pretrained = PretrainedCfg.from_dict(
+            dict(presets[preprocessing], top1=float(raw["top1"]), top1_eval=top1_eval), source=name
+        )
         entries.append(
             ZooEntry(
                 name=name,
@@ -133,6 +158,8 @@ def parse_zoo(data: Mapping[str, Any], source: str = "zoo.yaml") -> Tuple[Dict[s
                 finetune_top1=None if raw.get("finetune_top1") is None else float(raw["finetune_top1"]),
                 weights_init=_plain(weights_init),
                 notes=" ".join(str(raw.get("notes") or "").split()),
+                preprocessing=preprocessing,
+                pretrained_cfg=pretrained,
             )
         )
     return layouts, entries
@@ -220,7 +247,6 @@ def add_zoo_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--method", help="only this method (e.g. swav, simclr, moco_v2, dino)")
     p.add_argument("--arch", help="only this architecture (e.g. resnet50, resnet50_w2, vit_b16) or trunk (regnet)")
     p.add_argument("--json", action="store_true", help="print the entries as JSON (every field)")
-    p.set_defaults(handler=run_zoo)
     return p
 
 

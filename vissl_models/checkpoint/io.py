@@ -37,9 +37,15 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from .errors import CheckpointError
+from .errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    UnsafeCheckpointError,
+    short_repr,
+)
 from .layouts import detect_key_layout, key_layout_name
-from .safe_pickle import RESTRICTED_PICKLE, Placeholder, extra_safe_globals, find_placeholders
+from .safe_pickle import RESTRICTED_PICKLE, Placeholder, RefusedByAllowlist, TooDeepError, find_placeholders
 from .sharded import (
     assemble_flat,
     assemble_vissl_model,
@@ -57,55 +63,76 @@ def _is_torchscript_archive(path: str) -> bool:
     try:
         with zipfile.ZipFile(path) as z:
             return any(n.rsplit("/", 1)[-1] == "constants.pkl" for n in z.namelist())
-    except (zipfile.BadZipFile, OSError):
+    except Exception:  # not a zip, or a damaged one (bad names raise UnicodeDecodeError...): torch.load decides
         return False
 
 
 def _unreadable(path: str, e: BaseException) -> CheckpointError:
     text = " ".join(str(e).split())
-    return CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or another format): "
-                           f"{type(e).__name__}: {text[:300]}")
+    return CorruptCheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated, damaged or another "
+                                  f"format): {type(e).__name__}: {text[:300]}", path=path)
+
+
+def check_structure(obj: Any, path: str) -> List[Tuple[str, str]]:
+    """The placeholders in ``obj`` (``(where, class)``); raises :class:`UnsafeCheckpointError` when
+    its containers nest deeper than any checkpoint does (a bomb, not a checkpoint)."""
+    try:
+        return find_placeholders(obj)
+    except TooDeepError as e:
+        raise UnsafeCheckpointError(f"{path}: refused: {e}", path=path) from None
 
 
 def safe_torch_load(path: str, map_location: Any = "cpu", allow_placeholders: bool = True) -> Any:
     """``torch.load`` that never executes code from the file.
 
-    Objects outside the allowlist come back as :class:`Placeholder` objects
-    (``allow_placeholders=True``) or make the load fail.
+    The file is read by torch's own loader (tensors are rebuilt exactly as torch rebuilds them)
+    with a restricted unpickler: only allowlisted globals are reachable, constructors only take
+    containers stored in the file (nothing can expand a few bytes into unbounded time or
+    memory), and objects outside the allowlist come back as :class:`Placeholder` objects
+    (``allow_placeholders=True``) or make the load fail. Torch's process-wide safe-globals list
+    is neither read nor changed, so loads in other threads are unaffected.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
-        CheckpointError: the file is empty, truncated, not a PyTorch file, a TorchScript archive,
-            or (with ``allow_placeholders=False``) holds objects outside the allowlist.
+        CheckpointNotFoundError: ``path`` does not exist (also a ``FileNotFoundError``).
+        CorruptCheckpointError: the file is empty, truncated, damaged or not a PyTorch file.
+        UnsafeCheckpointError: a TorchScript archive, a refused construct, containers nested too
+            deep, or (with ``allow_placeholders=False``) objects outside the allowlist.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: checkpoint file not found")
+        raise CheckpointNotFoundError(f"{path}: checkpoint file not found", path=path)
     if os.path.getsize(path) == 0:
-        raise CheckpointError(f"{path}: the file is empty")
+        raise CorruptCheckpointError(f"{path}: the file is empty", path=path)
     if _is_torchscript_archive(path):
-        raise CheckpointError(f"{path}: a TorchScript archive, not a checkpoint; refused (loading it runs its code)")
+        raise UnsafeCheckpointError(f"{path}: a TorchScript archive, not a checkpoint; refused (loading it runs "
+                                    "its code)", path=path)
     try:
-        with torch.serialization.safe_globals(extra_safe_globals()), warnings.catch_warnings():
-            # Plain pickles of a newer protocol draw a warning before being refused: noise here.
+        with warnings.catch_warnings():
+            # Plain pickles of a newer protocol draw a warning: noise here.
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:  # objects outside the weights-only allowlist (or garbage)
-        first_error = e
-    except Exception as e:  # torch raises several types for bad files; all mean the same here
+            if os.getenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "0").lower() in ("1", "y", "yes", "true"):
+                # The user demands torch's own weights-only loader (it refuses any pickle_module).
+                obj = torch.load(path, map_location=map_location, weights_only=True)
+            else:
+                obj = torch.load(path, map_location=map_location, weights_only=False,
+                                 pickle_module=RESTRICTED_PICKLE)
+    except RefusedByAllowlist as e:
+        raise UnsafeCheckpointError(f"{path}: refused to load ({' '.join(str(e).split())[:300]}); nothing from the "
+                                    "file was executed", path=path) from None
+    except RecursionError:
+        raise UnsafeCheckpointError(f"{path}: refused: containers nested too deep to load", path=path) from None
+    except MemoryError:
+        raise UnsafeCheckpointError(f"{path}: refused: the file asks for more memory than is available",
+                                    path=path) from None
+    except Exception as e:  # torch and pickle raise many types for damaged files; all mean the same here
         raise _unreadable(path, e) from None
-    text = " ".join(str(first_error).split())
-    if not allow_placeholders:
-        if "GLOBAL" not in text and "global" not in text:
-            raise _unreadable(path, first_error)
-        raise CheckpointError(
+    placeholders = check_structure(obj, path)
+    if placeholders and not allow_placeholders:
+        shown = "; ".join(f"{p}: {c}" for p, c in placeholders[:3])
+        raise UnsafeCheckpointError(
             f"{path}: refused to load: the file holds objects other than tensors and plain "
-            f"containers, and nothing from it was executed ({text[:300]})"
-        )
-    try:
-        return torch.load(path, map_location=map_location, weights_only=False, pickle_module=RESTRICTED_PICKLE)
-    except Exception as e:
-        raise _unreadable(path, e) from None
+            f"containers ({shown}), and nothing from it was executed", path=path)
+    return obj
 
 
 # ----------------------------------------------------------------------------- result
@@ -216,7 +243,7 @@ def split_trunk_heads(state: Mapping[str, Any]) -> Tuple[Dict[str, Any], Dict[st
 # ----------------------------------------------------------------------------- VISSL containers
 def _refuse_placeholder(value: Any, where: str, what: str) -> None:
     if isinstance(value, Placeholder) or (isinstance(value, type) and issubclass(value, Placeholder)):
-        raise CheckpointError(
+        raise UnsafeCheckpointError(
             f"{where}: {what} is an object of class {value.class_name}, which is not allowlisted: "
             "refused (nothing from the file was executed)"
         )
@@ -334,6 +361,11 @@ def _finish(path: str, obj: Mapping[str, Any], layout: str, trunk: Dict[str, Any
             removed: Sequence[str] = (), files: Sequence[str] = (), placeholders: Sequence[str] = ()
             ) -> LoadedCheckpoint:
     refuse_placeholder_weights({"trunk": trunk, "heads": heads}, path)
+    for part, mapping in (("trunk", trunk), ("heads", heads)):
+        bad = [k for k in mapping if not isinstance(k, str)]
+        if bad:
+            raise CheckpointError(f"{path}: the {part} state dict has {len(bad)} key(s) that are not strings "
+                                  f"(e.g. a {type(bad[0]).__name__})", path=path)
     if not trunk and not heads:
         raise CheckpointError(f"{path}: the {layout} layout was recognised but it holds no weights")
     detected, arch = detect_key_layout(trunk.keys())
@@ -349,15 +381,15 @@ def _finish(path: str, obj: Mapping[str, Any], layout: str, trunk: Dict[str, Any
 
 def refuse_placeholder_weights(state: Mapping[str, Any], path: str) -> None:
     """Raise when model weights hold a placeholder (an object outside the allowlist)."""
-    bad = find_placeholders(state)
+    bad = check_structure(state, path)
     if bad:
         shown = "; ".join(f"{p} is a {c}" for p, c in bad[:5])
-        raise CheckpointError(f"{path}: the model weights hold {len(bad)} object(s) whose class is not "
+        raise UnsafeCheckpointError(f"{path}: the model weights hold {len(bad)} object(s) whose class is not "
                               f"allowlisted ({shown}): refused (nothing from the file was executed)")
 
 
-def _placeholder_notes(obj: Any, label: str = "") -> List[str]:
-    return [f"{label}{where}: {cls}" for where, cls in find_placeholders(obj)]
+def _placeholder_notes(obj: Any, path: str, label: str = "") -> List[str]:
+    return [f"{label}{where}: {cls}" for where, cls in check_structure(obj, path)]
 
 
 def find_model_state(obj: Any, path: str = "<memory>", which: Optional[str] = None,
@@ -374,7 +406,7 @@ def find_model_state(obj: Any, path: str = "<memory>", which: Optional[str] = No
     _refuse_placeholder(obj, path, "the whole file")
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: expected a dict at the top of the checkpoint, got {type(obj).__name__}")
-    notes = _placeholder_notes(obj)
+    notes = _placeholder_notes(obj, path)
     ftype = obj.get("type") if isinstance(obj.get("type"), str) else None
 
     if ftype == "shard_list" and "shards" in obj:
@@ -457,7 +489,7 @@ def _from_shard_list(obj: Mapping[str, Any], path: str, which: Optional[str], ma
                      notes: List[str]) -> LoadedCheckpoint:
     shards = obj["shards"]
     if not isinstance(shards, (list, tuple)) or not shards:
-        raise CheckpointError(f"{path}: 'shards' should list the shard files, got {shards!r:.200}")
+        raise CheckpointError(f"{path}: 'shards' should list the shard files, got {short_repr(shards)}")
     paths = resolve_members(path, list(shards), "shard")
     parts_per_file = []
     for rank, shard_path in enumerate(paths):
@@ -468,7 +500,7 @@ def _from_shard_list(obj: Mapping[str, Any], path: str, which: Optional[str], ma
             raise CheckpointError(f"{e} (shard {rank} of {len(paths)} listed in {path})") from None
         if not isinstance(shard, Mapping) or "classy_state_dict" not in shard:
             raise CheckpointError(f"{where}: not a VISSL shard (no 'classy_state_dict')")
-        notes = notes + _placeholder_notes(shard, f"{os.path.basename(shard_path)}:")
+        notes = notes + _placeholder_notes(shard, shard_path, f"{os.path.basename(shard_path)}:")
         parts_per_file.append(_vissl_parts(shard, where))
         del shard  # keep only the model parts; the optimizer state of each rank can be large
     trunk, heads, rest, removed, label, available = _vissl_model(parts_per_file, which, path)

@@ -22,12 +22,13 @@ Formats, as VISSL wrote them:
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, short_repr
 
 
 def _join(prefix: str, name: str) -> str:
@@ -53,8 +54,19 @@ def consolidate_fsdp_shards(
         raise CheckpointError(f"{where}: {len(states)} shard states but {len(metas)} shard metadata entries")
     try:
         return _consolidate(states, metas, where)
-    except (KeyError, IndexError, TypeError, AttributeError) as e:
-        raise CheckpointError(f"{where}: malformed FSDP shard metadata ({type(e).__name__}: {e})") from None
+    except CheckpointError:
+        raise
+    except Exception as e:  # any malformed entry (wrong types, bad shapes): one named error
+        text = " ".join(str(e).split())[:200]
+        raise CheckpointError(f"{where}: malformed FSDP shard metadata ({type(e).__name__}: {text})") from None
+
+
+def _int(value: Any, what: str, where: str, low: int = 0, high: Optional[int] = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise CheckpointError(f"{where}: malformed FSDP shard metadata: {what} is {short_repr(value)}, "
+                              f"expected an int {bound}")
+    return value
 
 
 def _consolidate(states, metas, where) -> Dict[str, torch.Tensor]:
@@ -70,17 +82,30 @@ def _consolidate(states, metas, where) -> Dict[str, torch.Tensor]:
             for rank in range(ranks):
                 if key not in states[rank]:
                     raise CheckpointError(f"{where}: shard {rank} has no {key!r}, which its FSDP metadata lists")
-                pad = int(metas[rank]["param_metadata"][idx]["params"][backing]["padding"])
-                flat = states[rank][key].reshape(-1)
+                flat = states[rank][key]
+                if not isinstance(flat, torch.Tensor):
+                    raise CheckpointError(f"{where}: shard {rank}'s {key!r} is a {type(flat).__name__}, not a tensor")
+                flat = flat.reshape(-1)
+                pad = _int(metas[rank]["param_metadata"][idx]["params"][backing]["padding"],
+                           f"shard {rank}'s padding of {key!r}", where, 0, flat.numel())
                 pieces.append(flat[: flat.numel() - pad] if pad > 0 else flat)
             full = torch.cat(pieces) if len(pieces) > 1 else pieces[0]
-            numels = [int(n) for n in info["numels"]]
+            numels = [_int(n, f"a numel of {key!r}", where) for n in info["numels"]]
+            names, shapes = list(info["names"]), [tuple(_int(d, f"a size of {key!r}", where) for d in shape)
+                                                  for shape in info["shapes"]]
+            if not (len(names) == len(numels) == len(shapes)):
+                raise CheckpointError(f"{where}: malformed FSDP shard metadata: {key!r} lists {len(names)} names, "
+                                      f"{len(numels)} numels and {len(shapes)} shapes")
+            for name, n, shape in zip(names, numels, shapes):
+                if math.prod(shape) != n:
+                    raise CheckpointError(f"{where}: malformed FSDP shard metadata: {_join(fsdp_path, name)!r} has "
+                                          f"shape {shape} but numel {n}")
             if sum(numels) != full.numel():
                 raise CheckpointError(
                     f"{where}: {key!r} holds {full.numel()} values in {len(pieces)} shard(s) but its "
                     f"parameters need {sum(numels)}: a shard is missing, or the shards come from different runs"
                 )
-            for name, piece, shape in zip(info["names"], full.split(numels), info["shapes"]):
+            for name, piece, shape in zip(names, full.split(numels), shapes):
                 out[_join(fsdp_path, name)] = piece.view(tuple(shape))
     # Tied parameters are stored once; every FSDP instance lists its own ties.
     for inst in meta0["param_metadata"]:
@@ -126,8 +151,11 @@ def assemble_vissl_model(parts: Sequence[Mapping[str, Any]], where: str) -> Tupl
                 heads.update({f"{i}.{k}": v for k, v in head.items()})
         else:
             heads = dict(heads0)
-    except (KeyError, IndexError, TypeError) as e:
-        raise CheckpointError(f"{where}: the shards do not share one model layout ({type(e).__name__}: {e})") from None
+    except CheckpointError:
+        raise
+    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as e:
+        text = " ".join(str(e).split())[:200]
+        raise CheckpointError(f"{where}: the shards do not share one model layout ({type(e).__name__}: {text})") from None
     return trunk, heads
 
 
@@ -159,7 +187,7 @@ def resolve_members(main_path: str, members: Sequence[Any], what: str) -> List[s
     resolved, missing = [], []
     for i, member in enumerate(members):
         if not isinstance(member, str) or not member:
-            raise CheckpointError(f"{main_path}: {what} {i} is {member!r}, not a file path")
+            raise CheckpointError(f"{main_path}: {what} {i} is {short_repr(member)}, not a file path")
         path = resolve_member(main_path, member)
         if path is None:
             missing.append(member)

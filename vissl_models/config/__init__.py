@@ -1,6 +1,25 @@
 """Config loading: VISSL's MODEL defaults as data, YAML files and overrides, validation."""
 
 from .attr_dict import AttrDict
-from .loader import ConfigError, default_config, load_config, parse_yaml
+from .loader import (
+    CONFIG_PATH_ENV,
+    ConfigError,
+    ConfigNotFoundError,
+    default_config,
+    list_shipped_configs,
+    load_config,
+    parse_yaml,
+    resolve_config,
+)
 
-__all__ = ["AttrDict", "ConfigError", "default_config", "load_config", "parse_yaml"]
+__all__ = [
+    "AttrDict",
+    "CONFIG_PATH_ENV",
+    "ConfigError",
+    "ConfigNotFoundError",
+    "default_config",
+    "list_shipped_configs",
+    "load_config",
+    "parse_yaml",
+    "resolve_config",
+]

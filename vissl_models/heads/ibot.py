@@ -16,6 +16,7 @@ from ..config import options as opt
 from ..layers.init import init_linear_trunc_normal
 from ..layers.weight_norm import weight_norm_prototypes
 from ..registry import register_model_head
+from .common import ModelConfig, read_head_options
 
 NORMS = (None, "bn", "syncbn", "ln")
 ACTS = ("relu", "gelu")
@@ -56,8 +57,33 @@ def build_norm(head: str, norm: Optional[str], dim: int, **kwargs) -> Optional[n
 
 
 def build_act(head: str, act: str) -> nn.Module:
-    opt.choice(f"head {head!r} option 'act'", act, ACTS)
     return nn.ReLU() if act == "relu" else nn.GELU()
+
+
+def _optional_norm(key: str, value) -> Optional[str]:
+    return opt.choice(key, value, NORMS)
+
+
+def _non_negative_int(key: str, value) -> int:
+    return opt.as_int(key, value, minimum=0)
+
+
+def ibot_options(head: str, min_layers: int, with_prototypes: bool):
+    """The declarative option list of the two iBOT heads (``with_prototypes``: ``ibot_head``)."""
+    fields = [
+        ("in_dim", opt.positive_int),
+        ("out_dim", opt.positive_int),
+        ("patch_out_dim", _non_negative_int),
+        ("norm", _optional_norm),
+        ("act", opt.choice_of(ACTS)),
+        ("last_norm", _optional_norm),
+        ("num_layers", lambda key, value: opt.as_int(key, value, minimum=min_layers)),
+        ("hidden_dim", opt.positive_int),
+        ("shared_head", opt.as_bool),
+    ]
+    if with_prototypes:
+        fields += [("normalize_last_layer", opt.as_bool), ("bottleneck_dim", opt.positive_int)]
+    return tuple(fields)
 
 
 def _hidden_layers(head: str, in_dim: int, hidden_dim: int, count: int, norm: Optional[str], act: str) -> List[nn.Module]:
@@ -108,10 +134,21 @@ class _IBOTHeadBase(nn.Module):
         return out
 
 
+@register_model_head("ibot_head")
 class IBOTHead(_IBOTHeadBase):
-    """iBOT projection head: ``mlp``, L2 normalisation, ``prototypes0`` for the class token and
+    """``ibot_head``: ``mlp``, L2 normalisation, ``prototypes0`` for the class token and
     ``prototypes1`` for patch tokens (the same module with ``shared_head``), then optional
     non-affine ``last_norm`` / ``last_norm2``.
+
+    Options:
+        in_dim (int): token width; out_dim (int): class-token prototypes.
+        patch_out_dim (int, default 0 = out_dim): patch-token prototypes.
+        norm (null, "bn", "syncbn", "ln"): norm after each hidden Linear; act ("gelu" or "relu").
+        last_norm (null, "bn", "syncbn", "ln"): non-affine norm on the outputs.
+        normalize_last_layer (bool, default true): prototypes' ``weight_g`` frozen at 1.
+        num_layers (int, default 3), hidden_dim (int, default 2048), bottleneck_dim (int, default 256).
+        shared_head (bool, default false): one prototypes layer for class and patch tokens.
+        any other keyword: passed to the ``last_norm`` constructors.
 
     Keys: ``mlp.<i>.*``, ``prototypes0.weight_g/weight_v``, ``prototypes1.weight_g/weight_v``
     (present, and tied to prototypes0, with ``shared_head``).
@@ -121,6 +158,7 @@ class IBOTHead(_IBOTHeadBase):
 
     def __init__(
         self,
+        model_config: ModelConfig,
         in_dim: int,
         out_dim: int,
         patch_out_dim: int = 0,
@@ -135,34 +173,46 @@ class IBOTHead(_IBOTHeadBase):
         **norm_kwargs,
     ) -> None:
         super().__init__()
-        num_layers = opt.as_int("head 'ibot_head' option 'num_layers'", num_layers, minimum=1)
-        patch_out_dim = patch_out_dim or out_dim
-        layers = _hidden_layers(self.head_name, in_dim, hidden_dim, num_layers - 1, norm, act)
-        if num_layers == 1:
-            self.mlp: nn.Module = nn.Linear(in_dim, bottleneck_dim)
+        o = read_head_options(self.head_name, dict(
+            in_dim=in_dim, out_dim=out_dim, patch_out_dim=patch_out_dim, norm=norm, act=act, last_norm=last_norm,
+            num_layers=num_layers, hidden_dim=hidden_dim, shared_head=shared_head,
+            normalize_last_layer=normalize_last_layer, bottleneck_dim=bottleneck_dim),
+            ibot_options(self.head_name, 1, with_prototypes=True))
+        patch_out_dim = o["patch_out_dim"] or o["out_dim"]
+        self.input_width = o["in_dim"]
+        layers = _hidden_layers(self.head_name, o["in_dim"], o["hidden_dim"], o["num_layers"] - 1, o["norm"], o["act"])
+        if o["num_layers"] == 1:
+            self.mlp: nn.Module = nn.Linear(o["in_dim"], o["bottleneck_dim"])
         else:
-            self.mlp = TokenSequential(*layers, nn.Linear(hidden_dim, bottleneck_dim))
+            self.mlp = TokenSequential(*layers, nn.Linear(o["hidden_dim"], o["bottleneck_dim"]))
         self.apply(init_linear_trunc_normal)
-        self.prototypes0 = weight_norm_prototypes(bottleneck_dim, out_dim, normalize_last_layer)
-        if shared_head:
+        self.prototypes0 = weight_norm_prototypes(o["bottleneck_dim"], o["out_dim"], o["normalize_last_layer"])
+        if o["shared_head"]:
             self.prototypes1 = self.prototypes0
         else:
-            self.prototypes1 = weight_norm_prototypes(bottleneck_dim, patch_out_dim, normalize_last_layer)
-        self._build_last_norms(last_norm, out_dim, patch_out_dim, shared_head, norm_kwargs)
+            self.prototypes1 = weight_norm_prototypes(o["bottleneck_dim"], patch_out_dim, o["normalize_last_layer"])
+        self._build_last_norms(o["last_norm"], o["out_dim"], patch_out_dim, o["shared_head"], norm_kwargs)
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         return self._outputs(F.normalize(self.mlp(x), dim=-1, p=2), self.prototypes0, self.prototypes1)
 
 
+@register_model_head("ibot_distillation_head")
 class IBOTDistillationHead(_IBOTHeadBase):
-    """iBOT distillation head: ``mlp`` (at least one hidden layer), then ``to_class_out`` for the
-    class token and ``to_patch_out`` for patch tokens (shared with ``shared_head``), then optional
-    non-affine ``last_norm`` / ``last_norm2``. No normalisation or prototypes."""
+    """``ibot_distillation_head``: ``mlp`` (at least one hidden layer), then ``to_class_out`` for
+    the class token and ``to_patch_out`` for patch tokens (shared with ``shared_head``), then
+    optional non-affine ``last_norm`` / ``last_norm2``. No normalisation or prototypes.
+
+    Options: in_dim, out_dim, patch_out_dim, norm, act, last_norm, hidden_dim, shared_head as in
+    ``ibot_head``; num_layers (default 3) is at least 2. Other keywords go to the ``last_norm``
+    constructors.
+    """
 
     head_name = "ibot_distillation_head"
 
     def __init__(
         self,
+        model_config: ModelConfig,
         in_dim: int,
         out_dim: int,
         patch_out_dim: int = 0,
@@ -175,31 +225,19 @@ class IBOTDistillationHead(_IBOTHeadBase):
         **norm_kwargs,
     ) -> None:
         super().__init__()
-        num_layers = opt.as_int("head 'ibot_distillation_head' option 'num_layers'", num_layers, minimum=2)
-        patch_out_dim = patch_out_dim or out_dim
-        self.mlp = TokenSequential(*_hidden_layers(self.head_name, in_dim, hidden_dim, num_layers - 1, norm, act))
-        self.to_class_out = nn.Linear(hidden_dim, out_dim)
-        self.to_patch_out = self.to_class_out if shared_head else nn.Linear(hidden_dim, patch_out_dim)
+        o = read_head_options(self.head_name, dict(
+            in_dim=in_dim, out_dim=out_dim, patch_out_dim=patch_out_dim, norm=norm, act=act, last_norm=last_norm,
+            num_layers=num_layers, hidden_dim=hidden_dim, shared_head=shared_head),
+            ibot_options(self.head_name, 2, with_prototypes=False))
+        patch_out_dim = o["patch_out_dim"] or o["out_dim"]
+        self.input_width = o["in_dim"]
+        hidden = o["hidden_dim"]
+        self.mlp = TokenSequential(
+            *_hidden_layers(self.head_name, o["in_dim"], hidden, o["num_layers"] - 1, o["norm"], o["act"]))
+        self.to_class_out = nn.Linear(hidden, o["out_dim"])
+        self.to_patch_out = self.to_class_out if o["shared_head"] else nn.Linear(hidden, patch_out_dim)
         self.apply(init_linear_trunc_normal)
-        self._build_last_norms(last_norm, out_dim, patch_out_dim, shared_head, norm_kwargs)
+        self._build_last_norms(o["last_norm"], o["out_dim"], patch_out_dim, o["shared_head"], norm_kwargs)
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
         return self._outputs(self.mlp(x), self.to_class_out, self.to_patch_out)
-
-
-@register_model_head("ibot_head")
-def build_ibot_head(model_config, in_dim, out_dim, patch_out_dim=0, norm=None, act="gelu", last_norm=None,
-                    normalize_last_layer=True, num_layers=3, hidden_dim=2048, bottleneck_dim=256,
-                    shared_head=False, **norm_kwargs) -> IBOTHead:
-    """``norm_kwargs`` go to the ``last_norm`` layers' constructors, as in the original."""
-    return IBOTHead(in_dim, out_dim, patch_out_dim, norm, act, last_norm, normalize_last_layer, num_layers,
-                    hidden_dim, bottleneck_dim, shared_head, **norm_kwargs)
-
-
-@register_model_head("ibot_distillation_head")
-def build_ibot_distillation_head(model_config, in_dim, out_dim, patch_out_dim=0, norm=None, act="gelu",
-                                 last_norm=None, num_layers=3, hidden_dim=2048, shared_head=False,
-                                 **norm_kwargs) -> IBOTDistillationHead:
-    """``norm_kwargs`` go to the ``last_norm`` layers' constructors, as in the original."""
-    return IBOTDistillationHead(in_dim, out_dim, patch_out_dim, norm, act, last_norm, num_layers, hidden_dim,
-                                shared_head, **norm_kwargs)

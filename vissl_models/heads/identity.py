@@ -11,4 +11,5 @@ from ..registry import register_model_head
 
 @register_model_head("identity")
 def build_identity(model_config: Mapping) -> nn.Module:
+    """``identity``: no options; returns its input unchanged (``nn.Identity``)."""
     return nn.Identity()

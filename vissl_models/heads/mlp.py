@@ -1,14 +1,15 @@
-"""MLP heads: ``mlp``, ``mlp_res`` and the linear-evaluation head ``eval_mlp``."""
+"""MLP heads: ``mlp``, ``mlp_res`` and the linear-evaluation head ``eval_mlp`` (and their ``_fsdp`` names)."""
 
 from __future__ import annotations
 
-from typing import List, Mapping, Sequence, Union
+from typing import List, Sequence, Union
 
 import torch
 from torch import nn
 
+from ..config import options as opt
 from ..registry import register_model_head
-from .common import HeadCommon, check_dims, single_tensor
+from .common import HeadCommon, ModelConfig, dims, read_head_options, single_tensor
 
 
 def _as_2d(head: str, batch: Union[torch.Tensor, Sequence[torch.Tensor]]) -> torch.Tensor:
@@ -35,31 +36,54 @@ def linear_layers(
     return layers
 
 
-class MLP(nn.Module):
-    """Linear layers, each optionally followed by BatchNorm1d, ReLU and Dropout.
+MLP_OPTIONS = (
+    ("dims", dims),
+    ("use_bn", opt.as_bool),
+    ("use_relu", opt.as_bool),
+    ("use_dropout", opt.as_bool),
+    ("use_bias", opt.as_bool),
+    ("skip_last_layer_relu_bn", opt.as_bool),
+)
 
-    ``skip_last_layer_relu_bn`` leaves the last Linear bare. Layers live in ``clf`` (keys
-    ``clf.0.weight``, ...), as in the original.
+
+@register_model_head("mlp")
+class MLP(nn.Module):
+    """``mlp``: Linear layers, each optionally followed by BatchNorm1d, ReLU and Dropout.
+
+    Options:
+        dims (list of int): widths, input first: ``[2048, 128]`` is one Linear(2048, 128).
+        use_bn, use_relu, use_dropout (bool, default false): add BatchNorm1d / ReLU / Dropout(0.5)
+            after each Linear.
+        use_bias (bool, default true): Linear layers with a bias.
+        skip_last_layer_relu_bn (bool, default true): the last Linear stays bare.
+
+    ``MODEL.HEAD`` gives the batch-norm eps/momentum and ``PARAMS_MULTIPLIER`` (initial Linear
+    weights scaled by it). Takes N x C or N x C x 1 x 1 (or a list of one such tensor). Layers
+    live in ``clf`` (keys ``clf.0.weight``, ...), the original's layout.
     """
 
     def __init__(
         self,
+        model_config: ModelConfig,
         dims: Sequence[int],
         use_bn: bool = False,
         use_relu: bool = False,
         use_dropout: bool = False,
         use_bias: bool = True,
         skip_last_layer_relu_bn: bool = True,
-        common: HeadCommon = HeadCommon(),
     ) -> None:
         super().__init__()
-        dims = check_dims("mlp", dims)
+        common = HeadCommon.of(model_config)
+        o = read_head_options("mlp", dict(
+            dims=dims, use_bn=use_bn, use_relu=use_relu, use_dropout=use_dropout, use_bias=use_bias,
+            skip_last_layer_relu_bn=skip_last_layer_relu_bn), MLP_OPTIONS)
+        widths = o["dims"]
+        self.input_width = widths[0]
         layers: List[nn.Module] = []
-        for i in range(1, len(dims)):
-            keep = not (i == len(dims) - 1 and skip_last_layer_relu_bn)
-            layers += linear_layers(
-                dims[i - 1], dims[i], use_bias, use_bn and keep, use_relu and keep, use_dropout and keep, common
-            )
+        for i in range(1, len(widths)):
+            keep = not (i == len(widths) - 1 and o["skip_last_layer_relu_bn"])
+            layers += linear_layers(widths[i - 1], widths[i], o["use_bias"], o["use_bn"] and keep,
+                                    o["use_relu"] and keep, o["use_dropout"] and keep, common)
         self.clf = nn.Sequential(*layers)
         common.scale_linear_weights(self)
 
@@ -84,33 +108,38 @@ class MLPResidualBlock(nn.Module):
         return self.mlp_res_block(x)
 
 
+@register_model_head("mlp_res")
 class MLPResidual(nn.Module):
-    """MLP with skip connections where widths allow.
+    """``mlp_res``: the ``mlp`` head with skip connections where widths allow.
 
-    As in the original, a same-width layer adds its input twice (once in the block, once
-    here): ``2x + f(x)``. Kept so that checkpoints trained with it give the same outputs.
+    Options: as ``mlp`` (dims, use_bn, use_relu, use_dropout, use_bias, skip_last_layer_relu_bn).
+
+    A same-width layer adds its input twice (once in its block, once here): ``2x + f(x)``, which
+    is what the original computes; kept so checkpoints trained with it give the same outputs.
     """
 
     def __init__(
         self,
+        model_config: ModelConfig,
         dims: Sequence[int],
         use_bn: bool = False,
         use_relu: bool = False,
         use_dropout: bool = False,
         use_bias: bool = True,
         skip_last_layer_relu_bn: bool = True,
-        common: HeadCommon = HeadCommon(),
     ) -> None:
         super().__init__()
-        dims = check_dims("mlp_res", dims)
+        common = HeadCommon.of(model_config)
+        o = read_head_options("mlp_res", dict(
+            dims=dims, use_bn=use_bn, use_relu=use_relu, use_dropout=use_dropout, use_bias=use_bias,
+            skip_last_layer_relu_bn=skip_last_layer_relu_bn), MLP_OPTIONS)
+        widths = o["dims"]
+        self.input_width = widths[0]
         blocks = []
-        for i in range(1, len(dims)):
-            keep = not (i == len(dims) - 1 and skip_last_layer_relu_bn)
-            blocks.append(
-                MLPResidualBlock(
-                    dims[i - 1], dims[i], use_bias, use_bn and keep, use_relu and keep, use_dropout and keep, common
-                )
-            )
+        for i in range(1, len(widths)):
+            keep = not (i == len(widths) - 1 and o["skip_last_layer_relu_bn"])
+            blocks.append(MLPResidualBlock(widths[i - 1], widths[i], o["use_bias"], o["use_bn"] and keep,
+                                           o["use_relu"] and keep, o["use_dropout"] and keep, common))
         self.clf = nn.Sequential(*blocks)
         common.scale_linear_weights(self)
 
@@ -122,22 +151,36 @@ class MLPResidual(nn.Module):
         return x
 
 
+@register_model_head("eval_mlp")
 class LinearEvalMLP(nn.Module):
-    """``eval_mlp``: BatchNorm2d over the feature's channels, flatten, then an MLP (``clf``)."""
+    """``eval_mlp``: BatchNorm2d over the feature's channels, flatten, then an MLP (``clf``).
+
+    Options:
+        in_channels (int): channels of the incoming feature (the BatchNorm2d width).
+        dims (list of int): the MLP's widths, input first (``in_channels`` x H x W flattened).
+        use_bn, use_relu (bool, default false): as in ``mlp``.
+        use_residual (bool, default false): an ``mlp_res`` instead of an ``mlp``.
+
+    Takes N x C x H x W (or N x C).
+    """
 
     def __init__(
         self,
+        model_config: ModelConfig,
         in_channels: int,
         dims: Sequence[int],
         use_bn: bool = False,
         use_relu: bool = False,
         use_residual: bool = False,
-        common: HeadCommon = HeadCommon(),
     ) -> None:
         super().__init__()
-        self.channel_bn = common.batchnorm2d(in_channels)
-        mlp_cls = MLPResidual if use_residual else MLP
-        self.clf = mlp_cls(dims, use_bn=use_bn, use_relu=use_relu, common=common)
+        common = HeadCommon.of(model_config)
+        o = read_head_options("eval_mlp", dict(in_channels=in_channels, use_residual=use_residual),
+                              (("in_channels", opt.positive_int), ("use_residual", opt.as_bool)))
+        self.input_width = o["in_channels"]
+        self.channel_bn = common.batchnorm2d(o["in_channels"])
+        mlp_cls = MLPResidual if o["use_residual"] else MLP
+        self.clf = mlp_cls(common, dims, use_bn=use_bn, use_relu=use_relu)
 
     def forward(self, batch: torch.Tensor) -> torch.Tensor:
         if batch.ndim == 2:
@@ -148,26 +191,6 @@ class LinearEvalMLP(nn.Module):
         return self.clf(out)
 
 
-@register_model_head("mlp")
-def build_mlp(model_config: Mapping, dims, use_bn=False, use_relu=False, use_dropout=False,
-              use_bias=True, skip_last_layer_relu_bn=True) -> MLP:
-    return MLP(dims, use_bn, use_relu, use_dropout, use_bias, skip_last_layer_relu_bn,
-               HeadCommon.from_config(model_config))
-
-
-@register_model_head("mlp_res")
-def build_mlp_res(model_config: Mapping, dims, use_bn=False, use_relu=False, use_dropout=False,
-                  use_bias=True, skip_last_layer_relu_bn=True) -> MLPResidual:
-    return MLPResidual(dims, use_bn, use_relu, use_dropout, use_bias, skip_last_layer_relu_bn,
-                       HeadCommon.from_config(model_config))
-
-
-@register_model_head("eval_mlp")
-def build_eval_mlp(model_config: Mapping, in_channels, dims, use_bn=False, use_relu=False,
-                   use_residual=False) -> LinearEvalMLP:
-    return LinearEvalMLP(in_channels, dims, use_bn, use_relu, use_residual, HeadCommon.from_config(model_config))
-
-
 # In a single process the FSDP heads are their plain twins; sharding wraps them from outside.
-register_model_head("mlp_fsdp")(build_mlp)
-register_model_head("eval_mlp_fsdp")(build_eval_mlp)
+register_model_head("mlp_fsdp")(MLP)
+register_model_head("eval_mlp_fsdp")(LinearEvalMLP)

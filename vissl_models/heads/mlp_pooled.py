@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 from torch import nn
 
 from ..config import options as opt
 from ..registry import register_model_head
-from .common import HeadCommon
+from .common import HeadCommon, ModelConfig, read_head_options
 from .mlp import MLP
 
 
@@ -26,8 +26,15 @@ class EnsembleOutput(NamedTuple):
         return EnsembleOutput(self.outputs.cpu())
 
 
+@register_model_head("eval_mlp_pooled")
 class LinearEvalPooledMLP(nn.Module):
-    """BatchNorm over the embedding of each token, then the same MLP on every token.
+    """``eval_mlp_pooled``: BatchNorm over the embedding of each token, then the same MLP on
+    every token.
+
+    Options:
+        in_channels (int): token embedding width E.
+        dims (list of int): the MLP's widths, E first.
+        use_bn, use_relu (bool, default false): as in ``mlp``.
 
     Input ``N x S x E`` (batch, tokens, embedding with ``E == in_channels``); output
     ``EnsembleOutput(S x N x dims[-1])``: each token's prediction is one ensemble member.
@@ -40,16 +47,18 @@ class LinearEvalPooledMLP(nn.Module):
 
     def __init__(
         self,
+        model_config: ModelConfig,
         in_channels: int,
         dims: Sequence[int],
         use_bn: bool = False,
         use_relu: bool = False,
-        common: HeadCommon = HeadCommon(),
     ) -> None:
         super().__init__()
-        self.in_channels = opt.as_int("head 'eval_mlp_pooled' option 'in_channels'", in_channels, minimum=1)
+        common = HeadCommon.of(model_config)
+        o = read_head_options("eval_mlp_pooled", {"in_channels": in_channels}, (("in_channels", opt.positive_int),))
+        self.in_channels = self.input_width = o["in_channels"]
         self.channel_bn = common.batchnorm2d(self.in_channels)
-        mlp = MLP(dims, use_bn=use_bn, use_relu=use_relu, common=dataclasses.replace(common, params_multiplier=1.0))
+        mlp = MLP(dataclasses.replace(common, params_multiplier=1.0), dims, use_bn=use_bn, use_relu=use_relu)
         self.clf = mlp.clf
 
     def forward(self, batch: torch.Tensor) -> EnsembleOutput:
@@ -63,9 +72,3 @@ class LinearEvalPooledMLP(nn.Module):
         x = x.flatten(start_dim=2).permute(2, 0, 1)  # (S, N, E)
         out = self.clf(x.reshape(s * n, e))
         return EnsembleOutput(out.reshape(s, n, out.shape[-1]))
-
-
-@register_model_head("eval_mlp_pooled")
-def build_eval_mlp_pooled(model_config: Mapping, in_channels, dims, use_bn=False,
-                          use_relu=False) -> LinearEvalPooledMLP:
-    return LinearEvalPooledMLP(in_channels, dims, use_bn, use_relu, HeadCommon.from_config(model_config))

@@ -7,14 +7,14 @@ classifier weights of a torchvision/timm MobileNet-V3 load as head weights.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence, Union
+from typing import Sequence, Union
 
 import torch
 from torch import nn
 
 from ..config import options as opt
 from ..registry import register_model_head
-from .common import HeadCommon, single_tensor
+from .common import HeadCommon, ModelConfig, dropout_rate, read_head_options, single_tensor
 
 Batch = Union[torch.Tensor, Sequence[torch.Tensor]]
 
@@ -31,39 +31,54 @@ def _as_nc11(head: str, batch: torch.Tensor, channels: int) -> torch.Tensor:
 
 
 def _init_linears(module: nn.Module) -> None:
-    # As in the original, only the Linear layers are re-initialised (normal(0, 0.01), zero bias).
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0.0, 0.01)
-            nn.init.zeros_(m.bias)
+    # Linear layers start from N(0, 0.01) weights and zero biases (torchvision's classifier init);
+    # the 1x1 conv of the timm layout keeps PyTorch's default init.
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.normal_(layer.weight, mean=0.0, std=0.01)
+            nn.init.zeros_(layer.bias)
+
+
+MOBILENET_V3_OPTIONS = (
+    ("in_channels", opt.positive_int),
+    ("mid_channels", opt.positive_int),
+    ("num_classes", opt.positive_int),
+    ("drop_out", dropout_rate),
+    ("with_bn", opt.as_bool),
+)
 
 
 class _MobileNetV3HeadBase(nn.Module):
-    """Checks the options, builds the optional ``channel_bn`` and the ``classifier`` (from
-    ``_classifier``), and runs ``N x in_channels (x 1 x 1)`` inputs through them."""
+    """Reads the options, builds the optional ``channel_bn`` and the ``classifier`` (from
+    ``_classifier``), and runs ``N x in_channels (x 1 x 1)`` inputs through them.
+
+    Options:
+        in_channels (int, default 960), mid_channels (int, default 1280), num_classes (int, default 1000).
+        drop_out (in [0, 1), default 0.2).
+        with_bn (bool, default false): BatchNorm2d (``MODEL.HEAD`` eps/momentum) on the input.
+    """
 
     head_name = ""
 
     def __init__(
         self,
+        model_config: ModelConfig,
         in_channels: int = 960,
         mid_channels: int = 1280,
         num_classes: int = 1000,
         drop_out: float = 0.2,
         with_bn: bool = False,
-        common: HeadCommon = HeadCommon(),
     ) -> None:
         super().__init__()
-        prefix = f"head {self.head_name!r} option "
-        in_channels = opt.as_int(prefix + "'in_channels'", in_channels, minimum=1)
-        mid_channels = opt.as_int(prefix + "'mid_channels'", mid_channels, minimum=1)
-        num_classes = opt.as_int(prefix + "'num_classes'", num_classes, minimum=1)
-        drop_out = opt.as_float(prefix + "'drop_out'", drop_out, minimum=0.0)
-        self.in_channels = in_channels
-        self.with_bn = opt.as_bool(prefix + "'with_bn'", with_bn)
+        common = HeadCommon.of(model_config)
+        o = read_head_options(self.head_name, dict(
+            in_channels=in_channels, mid_channels=mid_channels, num_classes=num_classes, drop_out=drop_out,
+            with_bn=with_bn), MOBILENET_V3_OPTIONS)
+        self.in_channels = self.input_width = o["in_channels"]
+        self.with_bn = o["with_bn"]
         if self.with_bn:
-            self.channel_bn = common.batchnorm2d(in_channels)
-        self.classifier = self._classifier(in_channels, mid_channels, num_classes, drop_out)
+            self.channel_bn = common.batchnorm2d(self.in_channels)
+        self.classifier = self._classifier(self.in_channels, o["mid_channels"], o["num_classes"], o["drop_out"])
         _init_linears(self)
 
     def _classifier(self, in_channels: int, mid_channels: int, num_classes: int, drop_out: float) -> nn.Sequential:
@@ -79,8 +94,13 @@ class _MobileNetV3HeadBase(nn.Module):
         return self._classify(x)
 
 
+@register_model_head("mobilenet_v3_head")
 class MobileNetV3Head(_MobileNetV3HeadBase):
-    """Optional BatchNorm2d on the pooled feature, then Linear, Hardswish, Dropout, Linear.
+    """``mobilenet_v3_head``: optional BatchNorm2d on the pooled feature, then Linear,
+    Hardswish, Dropout, Linear.
+
+    Options: in_channels (960), mid_channels (1280), num_classes (1000), drop_out (0.2), with_bn
+    (false); see ``_MobileNetV3HeadBase``.
 
     Takes ``N x in_channels`` (or ``N x in_channels x 1 x 1``); returns ``N x num_classes``.
     """
@@ -99,8 +119,13 @@ class MobileNetV3Head(_MobileNetV3HeadBase):
         return self.classifier(torch.flatten(x, start_dim=1))
 
 
+@register_model_head("mobilenet_v3_head_timm")
 class MobileNetV3HeadTimm(_MobileNetV3HeadBase):
-    """Optional BatchNorm2d, then 1x1 Conv, Hardswish, Flatten, Dropout, Linear (timm's head).
+    """``mobilenet_v3_head_timm``: optional BatchNorm2d, then 1x1 Conv, Hardswish, Flatten,
+    Dropout, Linear (timm's head).
+
+    Options: in_channels (960), mid_channels (1280), num_classes (1000), drop_out (0.2), with_bn
+    (false); see ``_MobileNetV3HeadBase``.
 
     Takes ``N x in_channels`` (or ``N x in_channels x 1 x 1``); returns ``N x num_classes``.
     """
@@ -115,17 +140,3 @@ class MobileNetV3HeadTimm(_MobileNetV3HeadBase):
             nn.Dropout(p=drop_out, inplace=True),
             nn.Linear(mid_channels, num_classes),
         )
-
-
-@register_model_head("mobilenet_v3_head")
-def build_mobilenet_v3_head(model_config: Mapping, in_channels=960, mid_channels=1280, num_classes=1000,
-                            drop_out=0.2, with_bn=False) -> MobileNetV3Head:
-    return MobileNetV3Head(in_channels, mid_channels, num_classes, drop_out, with_bn,
-                           HeadCommon.from_config(model_config))
-
-
-@register_model_head("mobilenet_v3_head_timm")
-def build_mobilenet_v3_head_timm(model_config: Mapping, in_channels=960, mid_channels=1280, num_classes=1000,
-                                 drop_out=0.2, with_bn=False) -> MobileNetV3HeadTimm:
-    return MobileNetV3HeadTimm(in_channels, mid_channels, num_classes, drop_out, with_bn,
-                               HeadCommon.from_config(model_config))

@@ -1,4 +1,4 @@
-"""Weight-normalized linear layer with the old ``weight_g``/``weight_v`` parameter names.
+"""Weight-normalised linear layer with the old ``weight_g``/``weight_v`` parameter names.
 
 VISSL checkpoints (SwAV, DINO, iBOT, MSN heads) store ``nn.utils.weight_norm`` layers under those
 names; PyTorch's newer parametrization would name them differently, so this layer keeps them.
@@ -14,7 +14,16 @@ from torch import nn
 
 
 class WeightNormLinear(nn.Module):
-    """``y = x @ (g * v / ||v||).T + b``, the norm taken per output row (``dim=0``)."""
+    """``y = x @ (g * v / ||v||).T + b``, the norm taken per output row (``dim=0``).
+
+    The weight comes from PyTorch's fused weight-norm kernel (``torch._weight_norm``, the one
+    ``nn.utils.weight_norm`` runs, hence the original's numbers): one pass over ``v`` forward and
+    one backward instead of separate norm, divide and multiply ops with their saved tensors.
+
+    ``weight_g`` may be a parameter or (``dino_head_fsdp``) a buffer. It is cast to ``weight_v``'s
+    dtype because FSDP2 mixed precision casts parameters to the compute dtype but leaves buffers
+    as they are; the cast is free when the dtypes already agree.
+    """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True) -> None:
         super().__init__()
@@ -32,7 +41,8 @@ class WeightNormLinear(nn.Module):
 
     @property
     def weight(self) -> torch.Tensor:
-        return self.weight_v * (self.weight_g / self.weight_v.norm(dim=1, keepdim=True))
+        v = self.weight_v
+        return torch._weight_norm(v, self.weight_g.to(v.dtype), 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight, self.bias)

@@ -122,7 +122,7 @@ def resolve_feature_names(
         block = feature_mapping.get(key, key)
         if block not in block_names:
             valid = list(feature_mapping) + [b for b in block_names if b not in feature_mapping]
-            raise ValueError(f"feature {key!r} does not exist in this trunk; valid names: {valid}")
+            raise ValueError(f"{key!r} is not a feature of this trunk; valid names: {valid}")
         resolved.append(block)
     return resolved, max(block_names.index(b) for b in resolved)
 
@@ -243,7 +243,7 @@ def requested_features(
     unknown = [n for n in names if n not in valid]
     if unknown:
         suffix = f" {note}" if note else ""
-        raise ValueError(f"features {unknown} do not exist in the {trunk} trunk; valid names: {list(valid)}{suffix}")
+        raise ValueError(f"the {trunk} trunk has no features named {unknown}; valid names: {list(valid)}{suffix}")
     return names
 
 
@@ -413,7 +413,7 @@ class FeatureTrunk(Trunk):
         for name in names:
             block = self.feat_eval_mapping.get(name, name)
             if block not in blocks:
-                raise ValueError(f"feature {name!r} is not a feature of this trunk; valid names: {self.feature_names}")
+                raise ValueError(f"{name!r} is not a feature of this trunk; valid names: {self.feature_names}")
             out.append(block)
         return out
 

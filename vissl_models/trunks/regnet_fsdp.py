@@ -230,9 +230,10 @@ class RegNetV2(FeatureTrunk):
 
 
 def _build(model_config: Mapping, model_name: str, trunk_checkpointing: bool) -> RegNetV2:
+    common = TrunkCommon.from_config(model_config, model_name, REGNET_INPUT_TYPES)
     return RegNetV2(
         RegNetOptions.from_config(model_config["TRUNK"]["REGNET"], allow_stage_checkpoints=True),
-        TrunkCommon.from_config(model_config, model_name, REGNET_INPUT_TYPES),
+        common,
         trunk_checkpointing=trunk_checkpointing,
         trunk_name=model_name,
     )

@@ -166,4 +166,5 @@ class ResNeXt(FeatureTrunk):
 @register_model_trunk("resnet")
 def build_resnet(model_config: Mapping, model_name: str = "resnet") -> ResNeXt:
     """Build the ``resnet`` trunk from ``MODEL`` (reads ``TRUNK.RESNETS`` and the common options)."""
-    return ResNeXt(ResNetOptions.from_config(model_config["TRUNK"]["RESNETS"]), TrunkCommon.from_config(model_config, "resnet"))
+    common = TrunkCommon.from_config(model_config, model_name)
+    return ResNeXt(ResNetOptions.from_config(model_config["TRUNK"]["RESNETS"]), common)

@@ -226,6 +226,5 @@ class ResNetSelectiveKernel(FeatureTrunk):
 @register_model_trunk("resnet_sk")
 def build_resnet_sk(model_config: Mapping, model_name: str = "resnet_sk") -> ResNetSelectiveKernel:
     """Build ``resnet_sk`` from ``MODEL`` (reads ``TRUNK.RESNETS_SK`` and the common options)."""
-    return ResNetSelectiveKernel(
-        ResNetSKOptions.from_config(model_config["TRUNK"]["RESNETS_SK"]), TrunkCommon.from_config(model_config, "resnet_sk")
-    )
+    common = TrunkCommon.from_config(model_config, model_name)
+    return ResNetSelectiveKernel(ResNetSKOptions.from_config(model_config["TRUNK"]["RESNETS_SK"]), common)
