@@ -1,6 +1,7 @@
-"""The trunk contract on the transformer trunks: features, intermediates, checkpointing, resizing.
-
-Runs on every transformer spec of ``tests/specs``; timm's ViT checks ``forward_intermediates``.
+"""The trunk contract on the transformer trunks, beyond tests/test_trunk_contract.py (which runs the
+shared checks, grad checkpointing included, on every spec): token features and their reductions,
+the intermediate formats, stopping early, the families' checkpointing keys, resize_pos_embed, and
+timm's ViT for ``forward_intermediates``.
 """
 
 import copy
@@ -143,23 +144,6 @@ def test_forward_intermediates_stops_early(spec):
         assert torch.equal(trunk.forward_intermediates(x, indices=[0], intermediates_only=True)[0], full[0])
 
 
-@pytest.mark.parametrize("spec", CORE, ids=lambda s: s.id)
-def test_grad_checkpointing_gives_the_same_gradients(spec):
-    trunk = build(spec).train()
-    x = images(trunk, batch=1)
-    grads = []
-    for enable in (False, True):
-        trunk.set_grad_checkpointing(enable)
-        assert trunk.grad_checkpointing is enable
-        trunk.zero_grad()
-        torch.manual_seed(3)  # the same dropout, drop-path and MSN draws in both runs
-        sum(o.pow(2).sum() for o in trunk(x)).backward()
-        grads.append({k: p.grad.clone() for k, p in trunk.named_parameters() if p.grad is not None})
-    assert grads[0].keys() == grads[1].keys() and grads[0]
-    for k in grads[0]:
-        torch.testing.assert_close(grads[0][k], grads[1][k], rtol=1e-5, atol=1e-6, msg=k)
-
-
 @pytest.mark.parametrize(
     "name, section, key",
     [
@@ -172,12 +156,6 @@ def test_family_checkpointing_keys_switch_grad_checkpointing_on(name, section, k
     spec = next(s for s in SPECS if s.name == name)
     assert not build(spec, TRUNK={section: {key: False}}).grad_checkpointing
     assert build(spec, TRUNK={section: {key: True}}).grad_checkpointing
-
-
-@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.id)
-def test_activation_checkpointing_switch_maps_onto_the_trunk(spec):
-    on = {"ACTIVATION_CHECKPOINTING": {"USE_ACTIVATION_CHECKPOINTING": True}}
-    assert build(spec, **on).grad_checkpointing
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.id)

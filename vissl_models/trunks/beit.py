@@ -288,6 +288,8 @@ class BEiT(TransformerTrunk):
         )
         self.default_feature = "lastCLS"
         self.intermediate_features = [f"blocks.{i}" for i in range(self.depth)]
+        # Names parsed once here; forward only looks them up (negative block indices parse per call).
+        self._requests = {f.name: self._parse(f.name) for f in self.feature_info}
 
     def _parse(self, name: str) -> Tuple[str, int]:
         match = _FEATURE.match(name)
@@ -327,7 +329,7 @@ class BEiT(TransformerTrunk):
     def feature_dict(self, x: torch.Tensor, names: Optional[Sequence[str]] = None) -> Dict[str, torch.Tensor]:
         """``{name: feature}`` for ``names`` (default ``lastCLS``), running the blocks once, up to
         the last one needed."""
-        requests = {n: self._parse(n) for n in (names or ["lastCLS"])}
+        requests = {n: self._requests.get(n) or self._parse(n) for n in (names or ["lastCLS"])}
         needed = set()
         for kind, v in requests.values():
             needed.update(range(self.depth - v, self.depth) if kind == "concat" else [v])

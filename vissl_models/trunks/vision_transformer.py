@@ -329,6 +329,10 @@ class VisionTransformer(TransformerTrunk):
         self.final_feature = "lastBLK"
         self.intermediate_features = [f"blocks.{i}" for i in range(o.num_layers)]
         self.feature_info = [self._feature_info(n) for n in self._public_names()]
+        # Names parsed once here; forward only looks them up (others, e.g. stridePOOL_*, parse per call).
+        self._requests = {
+            n: _parse_feature(n, o.num_layers, o.use_class_token) for n in self._public_names() + self.feature_aliases
+        }
         self.set_grad_checkpointing(o.checkpoint_block or common.use_checkpointing)
         self.grad_checkpointing = self.grad_checkpointing or o.checkpoint_mlp
 
@@ -355,6 +359,10 @@ class VisionTransformer(TransformerTrunk):
         if kind == "blk":
             return FeatureInfo(name, width, self.patch_embed.patch_size[0], "tokens", module)
         return FeatureInfo(name, width, None, "vector", module)
+
+    def _request(self, name: str) -> Tuple[str, List[int]]:
+        found = self._requests.get(name)
+        return found if found is not None else _parse_feature(name, len(self.blocks), self.use_class_token)
 
     def _grid(self, x: torch.Tensor) -> Tuple[int, int]:
         p = self.patch_embed.patch_size
@@ -383,7 +391,7 @@ class VisionTransformer(TransformerTrunk):
         """``{name: feature}`` for ``names`` (default: ``[default_feature]``), running the blocks
         once and only up to the last one needed. ``mask`` goes to the iBOT masking."""
         names = [self.default_feature] if names is None else list(names)
-        requests = {n: _parse_feature(n, len(self.blocks), self.use_class_token) for n in names}
+        requests = {n: self._request(n) for n in names}
         needed = {i for _, idx in requests.values() for i in idx}
         grid = self._grid(x)
         x = self.prepare_tokens(x, mask)
