@@ -122,3 +122,24 @@ def test_missing_keys_are_named():
     cfg = model_config(TRUNK={"NAME": "efficientnet", "EFFICIENT_NETS": {"model_version": "B0"}})
     with pytest.raises(ConfigError, match=r"missing \['bn_momentum'"):
         vissl_models.get_model_trunk("efficientnet")(cfg, "efficientnet")
+
+
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        ({"bn_momentum": "x"}, "MODEL.TRUNK.EFFICIENT_NETS.bn_momentum: got 'x', expected a number"),
+        ({"width_divisor": 0}, "MODEL.TRUNK.EFFICIENT_NETS.width_divisor: got 0, expected an integer >= 1"),
+        ({"min_width": "a"}, "MODEL.TRUNK.EFFICIENT_NETS.min_width: got 'a', expected an integer"),
+        ({"model_version": "b0"}, "MODEL.TRUNK.EFFICIENT_NETS.model_version: got 'b0', expected one of"),
+    ],
+)
+def test_bad_values_name_the_lower_case_key(options, expected):
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        trunk(**options)
+
+
+def test_min_width_null_or_integer():
+    from vissl_models.trunks.efficientnet import USUAL_VALUES, EfficientNetOptions
+
+    assert EfficientNetOptions.from_config(USUAL_VALUES).min_width is None
+    assert EfficientNetOptions.from_config(dict(USUAL_VALUES, min_width=16.0)).min_width == 16

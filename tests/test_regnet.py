@@ -1,5 +1,6 @@
 """RegNet family: classy_vision key layout and outputs, regnet_v2/regnet_fsdp block groups, errors."""
 
+import copy
 import re
 
 import pytest
@@ -192,3 +193,34 @@ def test_bgr_input_flips_channels():
 def test_config_errors_name_the_key(name, regnet, model, message):
     with pytest.raises(ConfigError, match=message):
         trunk(name, regnet, **model)
+
+
+@pytest.mark.parametrize(
+    "regnet, expected",
+    [
+        (dict(TINY_REGNET, depth="x"), "MODEL.TRUNK.REGNET.depth: got 'x', expected an integer"),
+        (dict(TINY_REGNET, group_width=0), "MODEL.TRUNK.REGNET.group_width: got 0, expected an integer >= 1"),
+        (dict(TINY_REGNET, bottleneck_multiplier=None), "MODEL.TRUNK.REGNET.bottleneck_multiplier: got None"),
+        (dict(TINY_REGNET, stem_width=2.5), "MODEL.TRUNK.REGNET.stem_width: got 2.5, expected an integer"),
+        (dict(TINY_ANYNET, depths=[1, "a", 1]), "MODEL.TRUNK.REGNET.depths[1]: got 'a', expected an integer"),
+    ],
+)
+def test_bad_values_name_the_lower_case_key(regnet, expected):
+    before = copy.deepcopy(regnet)
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        trunk("regnet", regnet)
+    assert regnet == before
+
+
+def test_absent_optional_keys_take_classy_defaults():
+    options = RegNetOptions.from_config(TINY_REGNET)
+    assert (options.depth, options.w_0, options.w_a, options.w_m, options.group_width) == (5, 8, 8.0, 1.6, 8)
+    assert options.stem_width == 8
+    assert (options.stem_type, options.block_type, options.activation) == (
+        "simple_stem_in", "res_bottleneck_block", "relu"
+    )
+    assert (options.use_se, options.se_ratio, options.bn_epsilon, options.bn_momentum) == (True, 0.25, 1e-5, 0.1)
+    assert options.bottleneck_multiplier == 1.0
+    assert options.stage_checkpoints == () and options.stage_checkpointing == ()
+    # names are matched in any case, as classy_vision does, and stored lower-case
+    assert RegNetOptions.from_config(dict(TINY_REGNET, activation="SiLU")).activation == "silu"

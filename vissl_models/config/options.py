@@ -46,7 +46,8 @@ def as_int_list(key: str, value: Any, min_len: int = 1) -> list:
 
 
 Parser = Callable[[str, Any], Any]
-Field = Union[str, Tuple[str, Parser]]
+Field = Union[str, Tuple[str, Parser], Tuple[str, Parser, Any]]
+KEY_CASES = ("upper", "as_is")
 
 
 def positive_int(key: str, value: Any) -> int:
@@ -74,16 +75,34 @@ def probability(key: str, value: Any) -> float:
     return rate
 
 
+# Marks a field without a default, so ``None`` stays a usable default.
+_REQUIRED = object()
+
+
 def read_options(section: Mapping, key: str, fields: Sequence[Field],
-                 parsers: Optional[Mapping[str, Parser]] = None) -> Dict[str, Any]:
+                 parsers: Optional[Mapping[str, Parser]] = None, key_case: str = "upper") -> Dict[str, Any]:
     """``{name: parsed value}`` for ``fields``, read in that order from ``section`` (whose full name,
     with a trailing dot, is ``key``), so the first bad value is the one reported.
 
-    A field is a ``(name, parser)`` pair or a bare name whose parser is ``parsers[name]``; option
-    ``name`` is read from key ``NAME``. This is the one declarative reader for trunk and head options.
+    A field is a bare name whose parser is ``parsers[name]``, a ``(name, parser)`` pair (the key
+    must be present), or a ``(name, parser, default)`` triple: an absent key gives ``default`` as it
+    is, unparsed, while a present key is always parsed (an explicit ``null`` included). Option
+    ``name`` is read from key ``NAME`` with ``key_case="upper"`` (the upper-case sections), or from
+    key ``name`` itself with ``key_case="as_is"`` (lower-case sections such as
+    ``MODEL.TRUNK.REGNET``); errors name that key. This is the one declarative reader for trunk and
+    head options.
     """
+    if key_case not in KEY_CASES:
+        raise ValueError(f"key_case: got {key_case!r}, expected one of {list(KEY_CASES)}")
     out: Dict[str, Any] = {}
     for field in fields:
-        name, parse = (field, (parsers or {})[field]) if isinstance(field, str) else field
-        out[name] = parse(key + name.upper(), section[name.upper()])
+        if isinstance(field, str):
+            name, parse, default = field, (parsers or {})[field], _REQUIRED
+        else:
+            name, parse, default = (tuple(field) + (_REQUIRED,))[:3]
+        yaml_key = name.upper() if key_case == "upper" else name
+        if default is not _REQUIRED and yaml_key not in section:
+            out[name] = default
+        else:  # a missing required key raises the section's own missing-key error
+            out[name] = parse(key + yaml_key, section[yaml_key])
     return out

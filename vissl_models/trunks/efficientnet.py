@@ -63,17 +63,21 @@ class EfficientNetOptions:
                 f"{SECTION}: missing {missing}; all of {list(USUAL_VALUES)} are required "
                 f"(the original's configs use {USUAL_VALUES})"
             )
-        key = SECTION + "."
-        min_width = section["min_width"]
-        return cls(
-            model_version=opt.choice(key + "model_version", section["model_version"], MODEL_VERSIONS),
-            bn_momentum=opt.as_float(key + "bn_momentum", section["bn_momentum"], minimum=0.0),
-            bn_epsilon=opt.as_float(key + "bn_epsilon", section["bn_epsilon"], minimum=0.0),
-            drop_connect_rate=opt.as_float(key + "drop_connect_rate", section["drop_connect_rate"], minimum=0.0),
-            width_divisor=opt.as_int(key + "width_divisor", section["width_divisor"], minimum=1),
-            min_width=None if min_width is None else opt.as_int(key + "min_width", min_width, minimum=1),
-            use_se=opt.as_bool(key + "use_se", section["use_se"]),
-        )
+        fields = [
+            ("model_version", opt.choice_of(MODEL_VERSIONS)),
+            ("bn_momentum", opt.non_negative_float),
+            ("bn_epsilon", opt.non_negative_float),
+            ("drop_connect_rate", opt.non_negative_float),
+            ("width_divisor", opt.positive_int),
+            ("min_width", _optional_positive_int),
+            ("use_se", opt.as_bool),
+        ]
+        return cls(**opt.read_options(section, SECTION + ".", fields, key_case="as_is"))
+
+
+def _optional_positive_int(key: str, value) -> Optional[int]:
+    # null keeps classy_vision's rule: channels never below the width divisor.
+    return None if value is None else opt.positive_int(key, value)
 
 
 class EfficientNet(FeatureTrunk):

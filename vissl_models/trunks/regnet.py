@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, List, Mapping, Optional, Tuple
 
 from torch import nn
@@ -76,11 +77,32 @@ def _float_list(key: str, value: Any) -> Tuple[float, ...]:
     return tuple(opt.as_float(f"{key}[{i}]", v) for i, v in enumerate(value))
 
 
+def _int_tuple(key: str, value: Any) -> Tuple[int, ...]:
+    return tuple(opt.as_int_list(key, value))
+
+
+def _nested_of(convert) -> opt.Parser:
+    return lambda key, value: _nested(key, value, convert)
+
+
 def _nested(key: str, value: Any, convert) -> Tuple[Tuple[Any, ...], ...]:
     """A list with one list per stage (``[[2], [7], [9, 17], []]``)."""
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, (list, tuple)) for v in value):
         raise ConfigError(f"{key}: got {value!r}, expected one list per stage, e.g. [[2], [4], [6, 11], []]")
     return tuple(tuple(convert(f"{key}[{i}][{j}]", x) for j, x in enumerate(v)) for i, v in enumerate(value))
+
+
+# How each optional key is checked; its default (``SHARED_OPTIONAL``) is already in checked form.
+SHARED_PARSERS = {
+    "stem_type": partial(_lowered_choice, allowed=STEM_TYPES),
+    "stem_width": opt.positive_int,
+    "block_type": partial(_lowered_choice, allowed=BLOCK_TYPES),
+    "activation": partial(_lowered_choice, allowed=ACTIVATIONS),
+    "use_se": opt.as_bool,
+    "se_ratio": opt.non_negative_float,
+    "bn_epsilon": opt.non_negative_float,
+    "bn_momentum": opt.non_negative_float,
+}
 
 
 def _reject_unknown(section: Mapping, allowed: Tuple[str, ...], form: str) -> None:
@@ -165,29 +187,17 @@ class RegNetOptions:
             raise ConfigError(f"{SECTION}: {form} needs {list(required)}; missing {missing}")
 
         key = SECTION + "."
-        get = lambda k: section.get(k, SHARED_OPTIONAL.get(k))  # noqa: E731
-        shared = dict(
-            stem_type=_lowered_choice(key + "stem_type", get("stem_type"), STEM_TYPES),
-            stem_width=opt.as_int(key + "stem_width", get("stem_width"), minimum=1),
-            block_type=_lowered_choice(key + "block_type", get("block_type"), BLOCK_TYPES),
-            activation=_lowered_choice(key + "activation", get("activation"), ACTIVATIONS),
-            use_se=opt.as_bool(key + "use_se", get("use_se")),
-            se_ratio=opt.as_float(key + "se_ratio", get("se_ratio"), minimum=0.0),
-            bn_epsilon=opt.as_float(key + "bn_epsilon", get("bn_epsilon"), minimum=0.0),
-            bn_momentum=opt.as_float(key + "bn_momentum", get("bn_momentum"), minimum=0.0),
-            stage_checkpoints=_nested(key + "stage_checkpoints", section.get("stage_checkpoints", []), opt.as_int),
-            stage_checkpointing=_nested(
-                key + "stage_checkpointing", section.get("stage_checkpointing", []), opt.as_bool
-            ),
-        )
+        shared = opt.read_options(section, key, [
+            (name, SHARED_PARSERS[name], default) for name, default in SHARED_OPTIONAL.items()
+        ] + [
+            ("stage_checkpoints", _nested_of(opt.as_int), ()),
+            ("stage_checkpointing", _nested_of(opt.as_bool), ()),
+        ], key_case="as_is")
         if anynet:
-            lists = dict(
-                depths=tuple(opt.as_int_list(key + "depths", section["depths"])),
-                widths=tuple(opt.as_int_list(key + "widths", section["widths"])),
-                group_widths=tuple(opt.as_int_list(key + "group_widths", section["group_widths"])),
-                bottleneck_multipliers=_float_list(key + "bottleneck_multipliers", section["bottleneck_multipliers"]),
-                strides=tuple(opt.as_int_list(key + "strides", section["strides"])),
-            )
+            lists = opt.read_options(section, key, [
+                ("depths", _int_tuple), ("widths", _int_tuple), ("group_widths", _int_tuple),
+                ("bottleneck_multipliers", _float_list), ("strides", _int_tuple),
+            ], key_case="as_is")
             lengths = {k: len(v) for k, v in lists.items()}
             if len(set(lengths.values())) != 1:
                 # classy_vision zips them, silently dropping the stages of the longer lists.
@@ -197,23 +207,21 @@ class RegNetOptions:
                     raise ConfigError(f"{key}{k}: got {list(lists[k])}, expected integers >= 1")
             return cls(kind="anynet", name="anynet", **lists, **shared)
 
-        w_0 = opt.as_int(key + "w_0", section["w_0"], minimum=1)
-        w_a = opt.as_float(key + "w_a", section["w_a"], minimum=0.0)
-        w_m = opt.as_float(key + "w_m", section["w_m"])
-        if w_0 % 8 != 0 or w_m <= 1:
-            raise ConfigError(f"{SECTION}: expected w_0 a multiple of 8 and w_m > 1; got w_0={w_0}, w_m={w_m}")
-        return cls(
-            kind="regnet",
-            depth=opt.as_int(key + "depth", section["depth"], minimum=1),
-            w_0=w_0,
-            w_a=w_a,
-            w_m=w_m,
-            group_width=opt.as_int(key + "group_width", section["group_width"], minimum=1),
-            bottleneck_multiplier=opt.as_float(
-                key + "bottleneck_multiplier", section.get("bottleneck_multiplier", 1.0), minimum=0.0
-            ),
-            **shared,
-        )
+        # The growth parameters are checked together before the rest is read, so that check
+        # reports first whatever else is wrong.
+        growth = opt.read_options(section, key, [
+            ("w_0", opt.positive_int), ("w_a", opt.non_negative_float), ("w_m", opt.as_float),
+        ], key_case="as_is")
+        if growth["w_0"] % 8 != 0 or growth["w_m"] <= 1:
+            raise ConfigError(
+                f"{SECTION}: expected w_0 a multiple of 8 and w_m > 1; got w_0={growth['w_0']}, w_m={growth['w_m']}"
+            )
+        rest = opt.read_options(section, key, [
+            ("depth", opt.positive_int),
+            ("group_width", opt.positive_int),
+            ("bottleneck_multiplier", opt.non_negative_float, 1.0),
+        ], key_case="as_is")
+        return cls(kind="regnet", **growth, **rest, **shared)
 
     def classy_params(self):
         """classy_vision's ``RegNetParams`` / ``AnyNetParams`` for the explicit and AnyNet forms."""
