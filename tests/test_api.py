@@ -9,10 +9,10 @@ import torch
 
 import vissl_models
 from vissl_models import zoo
-from vissl_models.api import resolve_model_name, shipped_config_path
+from vissl_models.api import resolve_model_name
 from vissl_models.checkpoint import CheckpointError
 from vissl_models.checkpoint.convert import convert_checkpoint
-from vissl_models.config import ConfigError
+from vissl_models.config import ConfigError, ConfigNotFoundError, shipped_config_path
 from vissl_models.pretrained import IMAGENET_MEAN, IMAGENET_STD, PretrainedCfg
 from utils import image
 
@@ -88,8 +88,12 @@ def test_unknown_names_list_the_closest(tmp_path):
         vissl_models.create_model("swav_rn50_in1k_800")
     with pytest.raises(vissl_models.UnknownModelError, match="does not exist"):
         vissl_models.create_model(str(tmp_path / "missing.yaml"))
-    with pytest.raises(vissl_models.UnknownModelError, match="no shipped config '../setup'"):
+    with pytest.raises(ConfigNotFoundError, match="no shipped config '../setup'"):
         shipped_config_path("../setup")
+    # One lookup: api's unknown name is config's not-found error, so `except FileNotFoundError` works.
+    with pytest.raises(FileNotFoundError, match="did you mean swav_resnet50"):
+        vissl_models.create_model("swav_resnet5")
+    assert issubclass(vissl_models.UnknownModelError, ConfigNotFoundError)
     assert isinstance(vissl_models.UnknownModelError("x"), ValueError)  # the CLI reports ValueErrors
     with pytest.raises(TypeError, match="name_or_path must be"):
         vissl_models.create_model(None)
