@@ -263,3 +263,23 @@ def test_pretrained_cfg_transform():
     torch.testing.assert_close(bgr, TF.to_tensor(TF.center_crop(TF.resize(img, 256), 224)).flip(0))
     with pytest.raises(ConfigError, match="OpenCV Lab"):
         zoo.get("colorization_rn50_in1k_goyal19").pretrained_cfg.transform()
+
+
+VIT_384 = ["config.MODEL.TRUNK.VISION_TRANSFORMERS.IMAGE_SIZE=384", "config.MODEL.TRUNK.VISION_TRANSFORMERS.PATCH_SIZE=64",
+           "config.MODEL.TRUNK.VISION_TRANSFORMERS.NUM_LAYERS=1", "config.MODEL.TRUNK.VISION_TRANSFORMERS.NUM_HEADS=2",
+           "config.MODEL.TRUNK.VISION_TRANSFORMERS.HIDDEN_DIM=16", "config.MODEL.TRUNK.VISION_TRANSFORMERS.MLP_DIM=32"]
+
+
+def test_pretrained_cfg_input_size_is_the_trained_size():
+    from vissl_models.pretrained import default_pretrained_cfg, trained_input_size
+
+    model = vissl_models.create_model("vit_b16_trunk", overrides=VIT_384)
+    assert model.pretrained_cfg.input_size == (3, 384, 384) and model.pretrained_cfg.interpolation == "bicubic"
+    assert trained_input_size(model.model_config) == model.trunk.default_input_size == (384, 384)
+    rect = vissl_models.load_config("vit_b16_trunk", ["config.MODEL.TRUNK.VISION_TRANSFORMERS.IMAGE_SIZE=[192, 256]"])
+    assert default_pretrained_cfg(rect.MODEL).input_size == (3, 192, 256)
+    assert default_pretrained_cfg(vissl_models.load_config("supervised_alexnet_bvlc").MODEL).input_size == (3, 227, 227)
+    assert default_pretrained_cfg(vissl_models.load_config("swav_resnet50").MODEL).input_size == (3, 224, 224)
+    bad = vissl_models.load_config("vit_b16_trunk", ["config.MODEL.TRUNK.VISION_TRANSFORMERS.IMAGE_SIZE=[0, 8]"])
+    with pytest.raises(ConfigError, match=r"MODEL.TRUNK.VISION_TRANSFORMERS.IMAGE_SIZE: got \[0, 8\]"):
+        default_pretrained_cfg(bad.MODEL)
