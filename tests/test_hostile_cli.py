@@ -122,6 +122,29 @@ def extract_cases(w):
     }
 
 
+def convert_cases(w):
+    # The output is checked before the input is read: a wrong OUT is named even for a bad IN.
+    weights = w / "weights.torch"
+    return {
+        "out is a folder": (["convert", weights, w / "out", "--to", "timm"], "is a folder"),
+        "out is the input": (["convert", weights, weights, "--to", "timm"], "is also an input"),
+        "out links to the input": (["convert", weights, w / "link.pt", "--to", "vissl"], "is also an input"),
+        "out in a missing folder": (["convert", weights, w / "missing" / "f.pth", "--to", "timm"], "does not exist"),
+        "the written config is the input": (["convert", w / "tiny.yaml", w / "tiny.torch", "--to", "vissl"],
+                                            "config output"),
+    }
+
+
+@pytest.mark.parametrize("case", list(convert_cases(Path("/x"))))
+def test_bad_convert_outputs(case, work, capsys):
+    argv, needle = convert_cases(work)[case]
+    before = snapshot(work)
+    code, out, err = run_main(argv, capsys)
+    assert_one_line_error(code, err, needle)
+    assert out == ""
+    assert snapshot(work) == before
+
+
 @pytest.mark.parametrize("case", list(summary_cases(Path("/x"))))
 def test_bad_summary_arguments(case, work, capsys):
     argv, needle = summary_cases(work)[case]
@@ -154,6 +177,8 @@ def test_unreadable_config_and_unwritable_folder(work, capsys):
         assert_one_line_error(code, err, "cannot read")
         code, _, err = run_main(["extract", work / "list.txt", "--images", work / "images", "--out",
                                  locked / "f.npz"], capsys)
+        assert_one_line_error(code, err, "not writable")
+        code, _, err = run_main(["convert", work / "weights.torch", locked / "f.pth", "--to", "timm"], capsys)
         assert_one_line_error(code, err, "not writable")
         assert snapshot(work) == before
     finally:
