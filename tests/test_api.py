@@ -283,3 +283,16 @@ def test_pretrained_cfg_input_size_is_the_trained_size():
     bad = vissl_models.load_config("vit_b16_trunk", ["config.MODEL.TRUNK.VISION_TRANSFORMERS.IMAGE_SIZE=[0, 8]"])
     with pytest.raises(ConfigError, match=r"MODEL.TRUNK.VISION_TRANSFORMERS.IMAGE_SIZE: got \[0, 8\]"):
         default_pretrained_cfg(bad.MODEL)
+
+
+def test_top_level_exports_the_public_errors():
+    from vissl_models import checkpoint, config
+
+    assert vissl_models.__all__ == sorted(vissl_models.__all__)
+    assert all(hasattr(vissl_models, name) for name in vissl_models.__all__)
+    for name in ("CheckpointError", "CheckpointNotFoundError", "CorruptCheckpointError", "UnsafeCheckpointError",
+                 "InvalidValueError", "StateMismatchError"):
+        assert name in vissl_models.__all__ and getattr(vissl_models, name) is getattr(checkpoint, name)
+        assert issubclass(getattr(vissl_models, name), vissl_models.CheckpointError)
+    assert vissl_models.ConfigNotFoundError is config.ConfigNotFoundError
+    assert issubclass(vissl_models.ConfigNotFoundError, (vissl_models.ConfigError, FileNotFoundError))
