@@ -265,9 +265,8 @@ def test_pretrained_cfg_transform():
         zoo.get("colorization_rn50_in1k_goyal19").pretrained_cfg.transform()
 
 
-VIT_384 = ["config.MODEL.TRUNK.VISION_TRANSFORMERS.IMAGE_SIZE=384", "config.MODEL.TRUNK.VISION_TRANSFORMERS.PATCH_SIZE=64",
-           "config.MODEL.TRUNK.VISION_TRANSFORMERS.NUM_LAYERS=1", "config.MODEL.TRUNK.VISION_TRANSFORMERS.NUM_HEADS=2",
-           "config.MODEL.TRUNK.VISION_TRANSFORMERS.HIDDEN_DIM=16", "config.MODEL.TRUNK.VISION_TRANSFORMERS.MLP_DIM=32"]
+VIT_384 = ["config.MODEL.TRUNK.VISION_TRANSFORMERS." + kv for kv in
+           ("IMAGE_SIZE=384", "PATCH_SIZE=64", "NUM_LAYERS=1", "NUM_HEADS=2", "HIDDEN_DIM=16", "MLP_DIM=32")]
 
 
 def test_pretrained_cfg_input_size_is_the_trained_size():

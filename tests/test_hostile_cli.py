@@ -13,18 +13,8 @@ import pytest
 from PIL import Image
 
 from vissl_models import cli
+from utils import TINY_CONFIG
 
-TINY_CONFIG = """\
-# @package _global_
-config:
-  MODEL:
-    TRUNK:
-      NAME: resnet
-      RESNETS:
-        DEPTH: 18
-    HEAD:
-      PARAMS: [["mlp", {"dims": [512, 16]}]]
-"""
 ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -135,32 +125,16 @@ def convert_cases(w):
     }
 
 
-@pytest.mark.parametrize("case", list(convert_cases(Path("/x"))))
-def test_bad_convert_outputs(case, work, capsys):
-    argv, needle = convert_cases(work)[case]
+CASES = {"summary": summary_cases, "extract": extract_cases, "convert": convert_cases}
+
+
+@pytest.mark.parametrize("command,case", [(c, k) for c, cases in CASES.items() for k in cases(Path("/x"))])
+def test_bad_arguments(command, case, work, capsys):
+    argv, needle = CASES[command](work)[case]
     before = snapshot(work)
     code, out, err = run_main(argv, capsys)
     assert_one_line_error(code, err, needle)
     assert out == ""
-    assert snapshot(work) == before
-
-
-@pytest.mark.parametrize("case", list(summary_cases(Path("/x"))))
-def test_bad_summary_arguments(case, work, capsys):
-    argv, needle = summary_cases(work)[case]
-    before = snapshot(work)
-    code, out, err = run_main(argv, capsys)
-    assert_one_line_error(code, err, needle)
-    assert out == ""
-    assert snapshot(work) == before
-
-
-@pytest.mark.parametrize("case", list(extract_cases(Path("/x"))))
-def test_bad_extract_arguments(case, work, capsys):
-    argv, needle = extract_cases(work)[case]
-    before = snapshot(work)
-    code, out, err = run_main(argv, capsys)
-    assert_one_line_error(code, err, needle)
     assert snapshot(work) == before
 
 

@@ -25,6 +25,7 @@ from typing import Any, Dict, List, NoReturn, Optional, Sequence
 import torch
 
 # Kept importable from here for callers written before it moved into vissl_models.config.
+from .argtypes import positive_int
 from .config import ConfigError, resolve_config  # noqa: F401
 from .pretrained import trained_input_size
 
@@ -87,17 +88,6 @@ def input_spec(text: str) -> tuple:
     if dims[1] != 3:
         raise argparse.ArgumentTypeError(f"{text!r}: the models take 3-channel images (N x 3 x H x W), got {dims[1]} channels")
     return key, dims
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def parse_crops(text: str, channels: int = 3) -> List[torch.Tensor]:
