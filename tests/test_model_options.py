@@ -126,11 +126,23 @@ def test_head_width_is_checked_for_each_mapped_input():
             tiny_model(TRUNK={"NAME": "pooled_512"}, MULTI_INPUT_HEAD_MAPPING=mapping, HEAD=heads)
 
 
+class UnlistedTrunk(nn.Module):
+    """A user trunk that does not follow the trunk contract: it lists no features."""
+
+    def __init__(self, width=512):
+        super().__init__()
+        self.proj = nn.Conv2d(3, width, 1)
+
+    def forward(self, x, out_feat_keys=None):
+        return [self.proj(x).mean(dim=(2, 3))]
+
+
 def test_trunks_without_feature_info_are_not_checked():
-    # Today's resnet lists no features here: the mismatch shows at forward, as before.
-    model = tiny_model(HEAD={"PARAMS": [["mlp", {"dims": [2048, 8]}]]}).eval()
+    # Nothing to check against at build time: the mismatch shows at forward, as before.
+    with registered_trunk("unlisted_512", lambda cfg, name: UnlistedTrunk(512)):
+        model = tiny_model(TRUNK={"NAME": "unlisted_512"}, HEAD={"PARAMS": [["mlp", {"dims": [2048, 8]}]]}).eval()
     with pytest.raises(RuntimeError):
-        model(image(1, 32))
+        model(image(1, 8))
 
 
 # ----------------------------------------------------------------------------- memory
