@@ -9,10 +9,10 @@ import torch
 
 import vissl_models
 from vissl_models import zoo
-from vissl_models.api import resolve_model_name, shipped_config_path
+from vissl_models.api import resolve_model_name
 from vissl_models.checkpoint import CheckpointError
 from vissl_models.checkpoint.convert import convert_checkpoint
-from vissl_models.config import ConfigError
+from vissl_models.config import ConfigError, ConfigNotFoundError, shipped_config_path
 from vissl_models.pretrained import IMAGENET_MEAN, IMAGENET_STD, PretrainedCfg
 from utils import image
 
@@ -88,8 +88,12 @@ def test_unknown_names_list_the_closest(tmp_path):
         vissl_models.create_model("swav_rn50_in1k_800")
     with pytest.raises(vissl_models.UnknownModelError, match="does not exist"):
         vissl_models.create_model(str(tmp_path / "missing.yaml"))
-    with pytest.raises(vissl_models.UnknownModelError, match="no shipped config '../setup'"):
+    with pytest.raises(ConfigNotFoundError, match="no shipped config '../setup'"):
         shipped_config_path("../setup")
+    # One lookup: api's unknown name is config's not-found error, so `except FileNotFoundError` works.
+    with pytest.raises(FileNotFoundError, match="did you mean swav_resnet50"):
+        vissl_models.create_model("swav_resnet5")
+    assert issubclass(vissl_models.UnknownModelError, ConfigNotFoundError)
     assert isinstance(vissl_models.UnknownModelError("x"), ValueError)  # the CLI reports ValueErrors
     with pytest.raises(TypeError, match="name_or_path must be"):
         vissl_models.create_model(None)
@@ -259,3 +263,35 @@ def test_pretrained_cfg_transform():
     torch.testing.assert_close(bgr, TF.to_tensor(TF.center_crop(TF.resize(img, 256), 224)).flip(0))
     with pytest.raises(ConfigError, match="OpenCV Lab"):
         zoo.get("colorization_rn50_in1k_goyal19").pretrained_cfg.transform()
+
+
+VIT_384 = ["config.MODEL.TRUNK.VISION_TRANSFORMERS." + kv for kv in
+           ("IMAGE_SIZE=384", "PATCH_SIZE=64", "NUM_LAYERS=1", "NUM_HEADS=2", "HIDDEN_DIM=16", "MLP_DIM=32")]
+
+
+def test_pretrained_cfg_input_size_is_the_trained_size():
+    from vissl_models.pretrained import default_pretrained_cfg, trained_input_size
+
+    model = vissl_models.create_model("vit_b16_trunk", overrides=VIT_384)
+    assert model.pretrained_cfg.input_size == (3, 384, 384) and model.pretrained_cfg.interpolation == "bicubic"
+    assert trained_input_size(model.model_config) == model.trunk.default_input_size == (384, 384)
+    rect = vissl_models.load_config("vit_b16_trunk", ["config.MODEL.TRUNK.VISION_TRANSFORMERS.IMAGE_SIZE=[192, 256]"])
+    assert default_pretrained_cfg(rect.MODEL).input_size == (3, 192, 256)
+    assert default_pretrained_cfg(vissl_models.load_config("supervised_alexnet_bvlc").MODEL).input_size == (3, 227, 227)
+    assert default_pretrained_cfg(vissl_models.load_config("swav_resnet50").MODEL).input_size == (3, 224, 224)
+    bad = vissl_models.load_config("vit_b16_trunk", ["config.MODEL.TRUNK.VISION_TRANSFORMERS.IMAGE_SIZE=[0, 8]"])
+    with pytest.raises(ConfigError, match=r"MODEL.TRUNK.VISION_TRANSFORMERS.IMAGE_SIZE: got \[0, 8\]"):
+        default_pretrained_cfg(bad.MODEL)
+
+
+def test_top_level_exports_the_public_errors():
+    from vissl_models import checkpoint, config
+
+    assert vissl_models.__all__ == sorted(vissl_models.__all__)
+    assert all(hasattr(vissl_models, name) for name in vissl_models.__all__)
+    for name in ("CheckpointError", "CheckpointNotFoundError", "CorruptCheckpointError", "UnsafeCheckpointError",
+                 "InvalidValueError", "StateMismatchError"):
+        assert name in vissl_models.__all__ and getattr(vissl_models, name) is getattr(checkpoint, name)
+        assert issubclass(getattr(vissl_models, name), vissl_models.CheckpointError)
+    assert vissl_models.ConfigNotFoundError is config.ConfigNotFoundError
+    assert issubclass(vissl_models.ConfigNotFoundError, (vissl_models.ConfigError, FileNotFoundError))

@@ -81,3 +81,17 @@ def test_errors_are_one_line_and_exit_2(capsys):
     assert "shipped:" in capsys.readouterr().err
     assert cli.main(["summary", "simclr_resnet50", "config.MODEL.TRUNK.RESNETS.DEPTH=51", "--no-flops"]) == 2
     assert "DEPTH: got 51" in capsys.readouterr().err
+
+
+def test_synthetic_input_has_the_trained_size():
+    # The CLI's input size and the pretrained_cfg come from one function (pretrained.trained_input_size).
+    import vissl_models
+
+    overrides = ["config.MODEL.TRUNK.VISION_TRANSFORMERS." + kv for kv in
+                 ("IMAGE_SIZE=384", "PATCH_SIZE=64", "NUM_LAYERS=1", "NUM_HEADS=2", "HIDDEN_DIM=16", "MLP_DIM=32")]
+    model = vissl_models.create_model("vit_b16_trunk", overrides=overrides)
+    assert cli.synthetic_input(model, None, ()).shape == (2, 3, 384, 384)
+    assert model.pretrained_cfg.input_size == (3, 384, 384)
+    assert cli.synthetic_input(model, None, (), size=128).shape == (2, 3, 128, 128)
+    code, text = run(["summary", "vit_b16_trunk", "--no-flops", *overrides])
+    assert code == 0 and "2x3x384x384" in text

@@ -14,19 +14,9 @@ from torchvision import transforms as T
 import vissl_models
 from vissl_models import extract
 from vissl_models.extract import extract_features, list_images
+from utils import TINY_CONFIG
 
 CROP, RESIZE = 32, 40
-TINY_CONFIG = """\
-# @package _global_
-config:
-  MODEL:
-    TRUNK:
-      NAME: resnet
-      RESNETS:
-        DEPTH: 18
-    HEAD:
-      PARAMS: [["mlp", {"dims": [512, 16]}]]
-"""
 # The same trunk evaluated as a linear-evaluation model: pooled res4 and res5avg.
 TINY_LINEAR_EVAL = """\
 # @package _global_

@@ -13,18 +13,8 @@ import pytest
 from PIL import Image
 
 from vissl_models import cli
+from utils import TINY_CONFIG
 
-TINY_CONFIG = """\
-# @package _global_
-config:
-  MODEL:
-    TRUNK:
-      NAME: resnet
-      RESNETS:
-        DEPTH: 18
-    HEAD:
-      PARAMS: [["mlp", {"dims": [512, 16]}]]
-"""
 ROOT = os.geteuid() == 0 if hasattr(os, "geteuid") else False
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -122,22 +112,29 @@ def extract_cases(w):
     }
 
 
-@pytest.mark.parametrize("case", list(summary_cases(Path("/x"))))
-def test_bad_summary_arguments(case, work, capsys):
-    argv, needle = summary_cases(work)[case]
+def convert_cases(w):
+    # The output is checked before the input is read: a wrong OUT is named even for a bad IN.
+    weights = w / "weights.torch"
+    return {
+        "out is a folder": (["convert", weights, w / "out", "--to", "timm"], "is a folder"),
+        "out is the input": (["convert", weights, weights, "--to", "timm"], "is also an input"),
+        "out links to the input": (["convert", weights, w / "link.pt", "--to", "vissl"], "is also an input"),
+        "out in a missing folder": (["convert", weights, w / "missing" / "f.pth", "--to", "timm"], "does not exist"),
+        "the written config is the input": (["convert", w / "tiny.yaml", w / "tiny.torch", "--to", "vissl"],
+                                            "config output"),
+    }
+
+
+CASES = {"summary": summary_cases, "extract": extract_cases, "convert": convert_cases}
+
+
+@pytest.mark.parametrize("command,case", [(c, k) for c, cases in CASES.items() for k in cases(Path("/x"))])
+def test_bad_arguments(command, case, work, capsys):
+    argv, needle = CASES[command](work)[case]
     before = snapshot(work)
     code, out, err = run_main(argv, capsys)
     assert_one_line_error(code, err, needle)
     assert out == ""
-    assert snapshot(work) == before
-
-
-@pytest.mark.parametrize("case", list(extract_cases(Path("/x"))))
-def test_bad_extract_arguments(case, work, capsys):
-    argv, needle = extract_cases(work)[case]
-    before = snapshot(work)
-    code, out, err = run_main(argv, capsys)
-    assert_one_line_error(code, err, needle)
     assert snapshot(work) == before
 
 
@@ -154,6 +151,8 @@ def test_unreadable_config_and_unwritable_folder(work, capsys):
         assert_one_line_error(code, err, "cannot read")
         code, _, err = run_main(["extract", work / "list.txt", "--images", work / "images", "--out",
                                  locked / "f.npz"], capsys)
+        assert_one_line_error(code, err, "not writable")
+        code, _, err = run_main(["convert", work / "weights.torch", locked / "f.pth", "--to", "timm"], capsys)
         assert_one_line_error(code, err, "not writable")
         assert snapshot(work) == before
     finally:

@@ -1,7 +1,5 @@
 """BaseSSLMultiInputOutputModel: forward paths, feature-eval modes, freezing, classy state."""
 
-import contextlib
-
 import pytest
 import torch
 from torch import nn
@@ -9,8 +7,7 @@ from torch import nn
 import vissl_models
 from vissl_models.config import ConfigError
 from vissl_models.feature_extractor import FeatureExtractorModel
-from vissl_models.registry import TRUNKS
-from utils import assert_same_outputs, image, tiny_model
+from utils import assert_same_outputs, image, registered_trunk, tiny_model
 
 MLP_HEAD = {"PARAMS": [["mlp", {"dims": [512, 16]}]]}
 
@@ -127,15 +124,6 @@ def test_multi_input_head_index_out_of_range_raises():
     with pytest.raises(ConfigError, match="head index 3"):
         tiny_model(MULTI_INPUT_HEAD_MAPPING=[["images", {"feat_names": ["flatten"], "head_index": 3}]],
                    HEAD=MLP_HEAD)
-
-
-@contextlib.contextmanager
-def registered_trunk(name, builder):
-    vissl_models.register_model_trunk(name)(builder)
-    try:
-        yield
-    finally:
-        TRUNKS.unregister(name)
 
 
 class MaskRecordingTrunk(nn.Module):

@@ -1,7 +1,5 @@
 """MODEL read once into typed options; config, width, memory and input errors name what is wrong."""
 
-import contextlib
-
 import pytest
 import torch
 from torch import nn
@@ -11,20 +9,10 @@ from vissl_models import model as model_module
 from vissl_models.config import ConfigError
 from vissl_models.feature_extractor import FeatureExtractorModel
 from vissl_models.model_helpers import FeatureEvalSettings, HeadSpec, ModelOptions
-from vissl_models.registry import TRUNKS
 from vissl_models.trunks.base import FeatureInfo
-from utils import image, model_config, tiny_model
+from utils import image, model_config, registered_trunk, tiny_model
 
 MLP_HEAD = {"PARAMS": [["mlp", {"dims": [512, 16]}]]}
-
-
-@contextlib.contextmanager
-def registered_trunk(name, builder):
-    vissl_models.register_model_trunk(name)(builder)
-    try:
-        yield
-    finally:
-        TRUNKS.unregister(name)
 
 
 class PooledTrunk(nn.Module):

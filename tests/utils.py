@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Any, Dict, Iterable, Mapping, Optional
 
 import torch
 
 import vissl_models
+from vissl_models.registry import TRUNKS
 
 
 def deep_update(base: Dict[str, Any], update: Mapping[str, Any]) -> Dict[str, Any]:
@@ -120,3 +122,27 @@ def tiny_model(seed: int = 0, **sections: Any):
     torch.manual_seed(seed)
     cfg = model_config(**deep_update(TINY_RESNET, sections))
     return vissl_models.build_model(cfg)
+
+
+# A YAML file as the original writes them: a tiny resnet18 with one mlp head (512 -> 16).
+TINY_CONFIG = """\
+# @package _global_
+config:
+  MODEL:
+    TRUNK:
+      NAME: resnet
+      RESNETS:
+        DEPTH: 18
+    HEAD:
+      PARAMS: [["mlp", {"dims": [512, 16]}]]
+"""
+
+
+@contextlib.contextmanager
+def registered_trunk(name: str, builder):
+    """Register ``builder`` as trunk ``name`` for the duration of the block."""
+    vissl_models.register_model_trunk(name)(builder)
+    try:
+        yield
+    finally:
+        TRUNKS.unregister(name)

@@ -1,7 +1,17 @@
 """vissl_models: VISSL's model layer (trunks, heads, SSL model, checkpoints) on current PyTorch."""
 
-from .checkpoint import CheckpointError, LoadedCheckpoint, LoadReport, StateMismatchError, load_checkpoint
-from .config import AttrDict, ConfigError, load_config
+from .checkpoint import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    InvalidValueError,
+    LoadedCheckpoint,
+    LoadReport,
+    StateMismatchError,
+    UnsafeCheckpointError,
+    load_checkpoint,
+)
+from .config import AttrDict, ConfigError, ConfigNotFoundError, load_config
 from .registry import (
     get_model_head,
     get_model_trunk,
@@ -23,12 +33,17 @@ __all__ = [
     "AttrDict",
     "BaseSSLMultiInputOutputModel",
     "CheckpointError",
+    "CheckpointNotFoundError",
     "ConfigError",
+    "ConfigNotFoundError",
+    "CorruptCheckpointError",
+    "InvalidValueError",
     "LoadReport",
     "LoadedCheckpoint",
     "PretrainedCfg",
     "StateMismatchError",
     "UnknownModelError",
+    "UnsafeCheckpointError",
     "build_model",
     "create_model",
     "get_model_head",

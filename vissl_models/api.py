@@ -10,12 +10,11 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import os
-from importlib import resources
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
-from .config import ConfigError
+from .config import ConfigError, ConfigNotFoundError, list_shipped_configs, shipped_config_path
 from .pretrained import PretrainedCfg, default_pretrained_cfg
 
 # create_model's keyword options and their defaults.
@@ -29,30 +28,9 @@ _OPTIONS: Dict[str, Any] = {
 KINDS = ("config", "zoo")
 
 
-class UnknownModelError(ConfigError):
-    """``create_model`` got a name that is neither a file, a shipped config nor a model zoo entry."""
-
-
-def _shipped_dir():
-    return resources.files("vissl_models.configs")
-
-
-def shipped_configs() -> List[str]:
-    """Names of the configs shipped in ``vissl_models/configs`` (file names without ``.yaml``)."""
-    return sorted(p.name[: -len(".yaml")] for p in _shipped_dir().iterdir() if p.name.endswith(".yaml"))
-
-
-def shipped_config_path(name: str) -> str:
-    """The file of the shipped config ``name`` (``"swav_resnet50"`` or ``"swav_resnet50.yaml"``).
-
-    Always resolved inside the installed package, whatever the working directory. An unknown name
-    raises ``UnknownModelError`` with the closest names.
-    """
-    stem = name[: -len(".yaml")] if name.endswith(".yaml") else name
-    path = _shipped_dir().joinpath(f"{stem}.yaml")
-    if os.sep not in stem and "/" not in stem and path.is_file():
-        return str(path)
-    raise UnknownModelError(f"no shipped config {name!r}{_near(stem, shipped_configs())}")
+class UnknownModelError(ConfigNotFoundError):
+    """``create_model`` got a name that is neither a file, a shipped config nor a model zoo entry
+    (a ``ConfigNotFoundError``, so also a ``ConfigError`` and a ``FileNotFoundError``)."""
 
 
 def _near(name: str, names: Sequence[str]) -> str:
@@ -75,7 +53,7 @@ def list_models(pattern: Union[str, Sequence[str]] = "*", kind: Optional[str] = 
         raise TypeError(f"pattern must be a string or a list of strings, got {pattern!r}")
     names: List[str] = []
     if kind in (None, "config"):
-        names += shipped_configs()
+        names += list_shipped_configs()
     if kind in (None, "zoo"):
         names += [e.name for e in zoo.list_models()]
     return sorted({n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)})
@@ -94,7 +72,7 @@ def resolve_model_name(name_or_path: Union[str, os.PathLike]) -> Tuple[str, str,
         raise TypeError(f"name_or_path must be a config name, zoo entry name or YAML path, got {name_or_path!r}")
     if os.path.isfile(name_or_path):
         return "file", name_or_path, None
-    configs = shipped_configs()
+    configs = list_shipped_configs()
     stem = name_or_path[: -len(".yaml")] if name_or_path.endswith(".yaml") else name_or_path
     if stem in configs:
         return "config", shipped_config_path(stem), None
@@ -189,5 +167,4 @@ def create_model(
     return model
 
 
-__all__ = ["UnknownModelError", "create_model", "list_models", "resolve_model_name", "shipped_config_path",
-           "shipped_configs"]
+__all__ = ["UnknownModelError", "create_model", "list_models", "resolve_model_name"]

@@ -25,7 +25,9 @@ from typing import Any, Dict, List, NoReturn, Optional, Sequence
 import torch
 
 # Kept importable from here for callers written before it moved into vissl_models.config.
+from .argtypes import positive_int
 from .config import ConfigError, resolve_config  # noqa: F401
+from .pretrained import trained_input_size
 
 DEFAULT_CONFIG = "swav_resnet50"
 # The default run: SwAV multi-crop, 2 global 224px crops and 6 local 96px crops.
@@ -88,17 +90,6 @@ def input_spec(text: str) -> tuple:
     return key, dims
 
 
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
 def parse_crops(text: str, channels: int = 3) -> List[torch.Tensor]:
     """``"2x224,6x96"`` -> 2 crops of 224px then 6 of 96px, each a batch of one image."""
     crops: List[torch.Tensor] = []
@@ -112,21 +103,6 @@ def parse_crops(text: str, channels: int = 3) -> List[torch.Tensor]:
 def _check_size(values: int, what: str) -> None:
     if values > MAX_INPUT_VALUES:
         raise ValueError(f"{what}: {values:,} input values is more than the {MAX_INPUT_VALUES:,} this command allocates")
-
-
-# Trunks whose config section fixes the input size, and trunks trained at another size.
-_SIZE_SECTIONS = {"vision_transformer": "VISION_TRANSFORMERS", "classy_vit": "VISION_TRANSFORMERS",
-                  "convit": "VISION_TRANSFORMERS", "xcit": "XCIT", "swin_transformer": "SWIN_TRANSFORMER",
-                  "beit": "BEIT"}
-
-
-def default_image_size(model_cfg) -> int:
-    """The input size a trunk was trained at: its section's IMAGE_SIZE, 227 for AlexNets, else 224."""
-    name = model_cfg.TRUNK.NAME
-    for prefix, section in _SIZE_SECTIONS.items():
-        if name.startswith(prefix):
-            return int(model_cfg.TRUNK[section].IMAGE_SIZE)
-    return 227 if name.startswith("alexnet") else 224
 
 
 def synthetic_input(model, crops: Optional[str], inputs: Sequence, size: Optional[int] = None) -> Any:
@@ -150,18 +126,18 @@ def synthetic_input(model, crops: Optional[str], inputs: Sequence, size: Optiona
             _check_size(dims[0] * dims[1] * dims[2] * dims[3], f"--input {key}")
             out[key] = torch.randn(dims)
         return out if mapping else out[next(iter(out))]
-    size = size or default_image_size(cfg)
+    height, width = (size, size) if size else trained_input_size(cfg)
     if mapping:
         out = {}
         for key, head_idx in zip(mapping.input_keys, mapping.head_index):
             towers = [m.num_towers for m in model.heads[head_idx].modules() if hasattr(m, "num_towers")]
             # A siamese head wants num_towers patches per image (PIRL/Jigsaw use 64px patches).
-            out[key] = torch.randn(2 * towers[0], 3, 64, 64) if towers else torch.randn(2, 3, size, size)
+            out[key] = torch.randn(2 * towers[0], 3, 64, 64) if towers else torch.randn(2, 3, height, width)
         return out
     if crops:
         return parse_crops(crops)
-    _check_size(2 * 3 * size * size, f"--size {size}")
-    return torch.randn(2, 3, size, size)
+    _check_size(2 * 3 * height * width, f"--size {size or height}")
+    return torch.randn(2, 3, height, width)
 
 
 def _shapes(out: Any) -> Any:

@@ -143,10 +143,33 @@ def _int(value: Any) -> bool:
 _BICUBIC_TRUNKS = ("vision_transformer", "xcit", "beit", "convit", "classy_vit")
 
 
+# Trunks whose config section fixes the input size (``IMAGE_SIZE``), by trunk name prefix.
+_SIZE_SECTIONS = {"vision_transformer": "VISION_TRANSFORMERS", "classy_vit": "VISION_TRANSFORMERS",
+                  "convit": "VISION_TRANSFORMERS", "xcit": "XCIT", "swin_transformer": "SWIN_TRANSFORMER",
+                  "beit": "BEIT"}
+
+
+def trained_input_size(model_config: Mapping[str, Any]) -> Tuple[int, int]:
+    """``(height, width)`` a model built from ``MODEL`` was trained at: the trunk section's
+    ``IMAGE_SIZE`` (an integer or ``[height, width]``) for transformers, 227 for AlexNets, else 224."""
+    trunk = model_config["TRUNK"]
+    name = str(trunk["NAME"])
+    for prefix, section in _SIZE_SECTIONS.items():
+        if name.startswith(prefix):
+            key = f"MODEL.TRUNK.{section}.IMAGE_SIZE"
+            value = trunk[section]["IMAGE_SIZE"]
+            sides = list(value) if isinstance(value, (list, tuple)) else [value, value]
+            if len(sides) != 2 or not all(_int(v) and v > 0 for v in sides):
+                raise ConfigError(f"{key}: got {value!r}, expected a positive integer or [height, width]")
+            return sides[0], sides[1]
+    return (227, 227) if name.startswith("alexnet") else (224, 224)
+
+
 def default_pretrained_cfg(model_config: Mapping[str, Any], source: str = "config") -> PretrainedCfg:
-    """The preset for a model built from ``MODEL`` alone: its trunk family's usual eval transform."""
+    """The preset for a model built from ``MODEL`` alone: its trunk family's usual eval transform,
+    at the size it was trained at (:func:`trained_input_size`)."""
     trunk = str(model_config["TRUNK"]["NAME"])
-    cfg = PretrainedCfg(source=source)
+    cfg = PretrainedCfg(input_size=(3, *trained_input_size(model_config)), source=source)
     if any(trunk == t or trunk.startswith(t + "_") for t in _BICUBIC_TRUNKS):
         cfg = replace(cfg, interpolation="bicubic")
     if str(model_config.get("INPUT_TYPE", "rgb")).lower() == "lab":
@@ -154,4 +177,4 @@ def default_pretrained_cfg(model_config: Mapping[str, Any], source: str = "confi
     return cfg
 
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PretrainedCfg", "default_pretrained_cfg"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "PretrainedCfg", "default_pretrained_cfg", "trained_input_size"]

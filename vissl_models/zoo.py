@@ -61,7 +61,7 @@ class ZooEntry:
     @property
     def config_path(self) -> str:
         """Path of the shipped config file that builds this model."""
-        from .api import shipped_config_path
+        from .config import shipped_config_path
 
         return shipped_config_path(self.config)
 

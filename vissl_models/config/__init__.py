@@ -10,6 +10,7 @@ from .loader import (
     load_config,
     parse_yaml,
     resolve_config,
+    shipped_config_path,
 )
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "load_config",
     "parse_yaml",
     "resolve_config",
+    "shipped_config_path",
 ]

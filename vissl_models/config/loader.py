@@ -178,9 +178,34 @@ def list_shipped_configs() -> List[str]:
     return sorted(p.name[:-5] for p in shipped_configs_dir().iterdir() if p.name.endswith(".yaml"))
 
 
+def shipped_config_path(name: Union[str, os.PathLike]) -> str:
+    """The file of the shipped config ``name`` (``"swav_resnet50"`` or ``"swav_resnet50.yaml"``),
+    always inside the installed package whatever the working directory.
+
+    Raises:
+        ConfigNotFoundError: no shipped config has that name (a path never names one); the message
+            lists the closest shipped names.
+    """
+    text = os.fspath(name)
+    stem = text[:-5] if text.endswith(".yaml") else text
+    if stem and os.sep not in stem and "/" not in stem and (os.altsep is None or os.altsep not in stem):
+        path = shipped_configs_dir().joinpath(f"{stem}.yaml")
+        if path.is_file():
+            return str(path)
+    raise ConfigNotFoundError(f"no shipped config {text!r}; {_closest_shipped(text)}")
+
+
+def _closest_shipped(text: str) -> str:
+    names = list_shipped_configs()
+    stem = os.path.basename(text)[:-5] if text.endswith(".yaml") else os.path.basename(text)
+    close = difflib.get_close_matches(stem, names, n=3, cutoff=0.6)
+    return f"did you mean {close}?" if close else f"shipped: {names}"
+
+
 def resolve_config(name: Union[str, os.PathLike]) -> str:
     """The path of a config: ``name`` itself when it exists, else the shipped config of that name
-    (``"swav_resnet50"`` or ``"swav_resnet50.yaml"``), from any working directory.
+    (``"swav_resnet50"`` or ``"swav_resnet50.yaml"``, see :func:`shipped_config_path`), from any
+    working directory.
 
     Raises:
         ConfigNotFoundError (a ``ConfigError`` and a ``FileNotFoundError``): neither exists; the
@@ -189,17 +214,11 @@ def resolve_config(name: Union[str, os.PathLike]) -> str:
     text = os.fspath(name)
     if os.path.lexists(text):
         return text
-    if text and os.sep not in text and (os.altsep is None or os.altsep not in text):
-        shipped = shipped_configs_dir()
-        for candidate in (text, f"{text}.yaml"):
-            path = shipped.joinpath(candidate)
-            if candidate.endswith(".yaml") and path.is_file():
-                return str(path)
-    names = list_shipped_configs()
-    stem = os.path.basename(text)[:-5] if text.endswith(".yaml") else os.path.basename(text)
-    close = difflib.get_close_matches(stem, names, n=3, cutoff=0.6)
-    hint = f"did you mean {close}?" if close else f"shipped: {names}"
-    raise ConfigNotFoundError(f"config {text!r} is neither a file nor a shipped config; {hint}")
+    try:
+        return shipped_config_path(text)
+    except ConfigNotFoundError:
+        raise ConfigNotFoundError(
+            f"config {text!r} is neither a file nor a shipped config; {_closest_shipped(text)}") from None
 
 
 def _read_yaml_file(path: str) -> Any:

@@ -8,6 +8,7 @@ import os
 import sys
 from typing import List, Optional, TextIO, Tuple
 
+from ..argtypes import non_negative_int, positive_int
 from .dataset import list_images
 from .features import (
     check_device,
@@ -24,28 +25,6 @@ RANDOM_WEIGHTS_WARNING = (
     "WARNING: no --weights given: the model has RANDOM weights and these features mean nothing. "
     "Pass --weights CHECKPOINT to extract real features."
 )
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
 
 
 def _three_floats(text: str) -> Tuple[float, float, float]:

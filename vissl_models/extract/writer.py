@@ -12,6 +12,7 @@ from typing import Any, Dict, Iterable, Iterator, Optional, Union
 import numpy as np
 import torch
 
+from .. import fileio
 from ..fileio import atomic_write
 
 OUTPUT_FORMATS = (".npz", ".pt")
@@ -19,43 +20,11 @@ OUTPUT_FORMATS = (".npz", ".pt")
 _TERMINATING = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
-def _identity(path: str):
-    try:
-        info = os.stat(path)
-    except (OSError, ValueError):
-        return None
-    return info.st_dev, info.st_ino
-
-
 def check_output_path(path: Union[str, os.PathLike], inputs: Iterable[Optional[Union[str, os.PathLike]]] = ()) -> str:
-    """``path`` if features can be written there; else ``ValueError`` saying why, before any work.
-
-    The extension must be one of ``OUTPUT_FORMATS``; ``path`` must not be a folder or another
-    non-regular file, its folder must exist and be writable, and it must not be any of ``inputs``
-    (the weights, the config, the image list or an image): writing there would destroy them.
-    """
-    path = os.fspath(path)
-    # Only an existing file can be an input; comparing identities (device, inode) also catches a
-    # symlink or a hard link to one.
-    target = _identity(path)
-    if target is not None:
-        for item in inputs:
-            if item is not None and _identity(os.fspath(item)) == target:
-                raise ValueError(f"output {path!r}: is also an input ({os.fspath(item)}); writing the features "
-                                 "there would destroy it")
-    if os.path.isdir(path):
-        raise ValueError(f"output {path!r}: is a folder; give a file name ending in {' or '.join(OUTPUT_FORMATS)}")
-    if os.path.lexists(path) and not os.path.isfile(path):
-        raise ValueError(f"output {path!r}: exists and is not a regular file")
-    ext = os.path.splitext(path)[1].lower()
-    if ext not in OUTPUT_FORMATS:
-        raise ValueError(f"output {path!r}: unknown format {ext or '(no extension)'}; use one of {list(OUTPUT_FORMATS)}")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise ValueError(f"output {path!r}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"output {path!r}: folder {folder} is not writable")
-    return path
+    """``path`` if features can be written there (``vissl_models.fileio.check_output_path`` with the
+    extension one of ``OUTPUT_FORMATS``); else ``ValueError`` saying why, before any work. ``inputs``
+    are the weights, the config, the image list or the images: writing there would destroy them."""
+    return fileio.check_output_path(path, inputs, formats=OUTPUT_FORMATS)
 
 
 @contextlib.contextmanager

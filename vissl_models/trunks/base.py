@@ -270,6 +270,12 @@ def take_indices(count: int, indices: Optional[Union[int, Sequence[int]]] = None
     return taken, max(taken)
 
 
+def check_map_output_fmt(output_fmt: str) -> None:
+    """``forward_intermediates`` of convolutional trunks gives maps channels first or last."""
+    if output_fmt not in ("NCHW", "NHWC"):
+        raise ValueError(f"output_fmt: got {output_fmt!r}, expected 'NCHW' or 'NHWC'")
+
+
 class Trunk(nn.Module):
     """The contract every registered trunk follows (timm's vocabulary on top of the original's API).
 
@@ -361,8 +367,7 @@ class Trunk(nn.Module):
         ``output_fmt`` ``NHWC`` puts channels last on 4-d maps. ``norm`` has no effect on
         convolutional trunks (there is no final norm before pooling).
         """
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt: got {output_fmt!r}, expected 'NCHW' or 'NHWC'")
+        check_map_output_fmt(output_fmt)
         taken, last = take_indices(len(self.intermediate_features), indices)
         names = [self.intermediate_features[i] for i in taken]
         if intermediates_only:

@@ -22,7 +22,7 @@ from ..layers import ChannelsLayerNorm2d, trunc_normal_
 from ..layers.checkpointing import checkpoint_sequential_without_bn_double_update, checkpoint_without_bn_double_update
 from ..layers.drop import drop_path_rates, optional_drop_path
 from ..registry import register_model_trunk
-from .base import Trunk, TrunkCommon, requested_features, take_indices, vector_info
+from .base import Trunk, TrunkCommon, check_map_output_fmt, requested_features, take_indices, vector_info
 
 LN_EPS = 1e-6
 # The original ignores out_feat_keys and always returns the normalised pooled feature; its
@@ -157,8 +157,7 @@ class ConvNeXt(Trunk):
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
     ):
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt: got {output_fmt!r}, expected 'NCHW' or 'NHWC'")
+        check_map_output_fmt(output_fmt)
         taken, last = take_indices(4, indices)
         checkpointed = self.grad_checkpointing and torch.is_grad_enabled()
         out = []

@@ -25,7 +25,7 @@ from ..config import options as opt
 from ..config.loader import ConfigError
 from ..layers.checkpointing import checkpoint_without_bn_double_update
 from ..registry import register_model_trunk
-from .base import Trunk, TrunkCommon, map_info, take_indices, vector_info
+from .base import Trunk, TrunkCommon, check_map_output_fmt, map_info, take_indices, vector_info
 
 MODEL_NAMES = ("mobilenetv3_large_100",)
 TIMM_INSTALL_HINT = 'pip install "vissl_models[timm]"'
@@ -127,8 +127,7 @@ class _MobileNetV3Trunk(Trunk):
         output_fmt: str = "NCHW",
         intermediates_only: bool = False,
     ):
-        if output_fmt not in ("NCHW", "NHWC"):
-            raise ValueError(f"output_fmt: got {output_fmt!r}, expected 'NCHW' or 'NHWC'")
+        check_map_output_fmt(output_fmt)
         taken, last = take_indices(len(self._stage_ends), indices)
         outs = self._run(x, self._stage_ends[last] if stop_early or intermediates_only else None)
         out = [outs[i] for i in taken]

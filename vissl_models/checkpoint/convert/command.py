@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ...argtypes import positive_int
 from .files import convert_checkpoint
 from .keymaps import SIDES, VISSL, _pairs_text
 from .trunk_config import vissl_trunk_config
@@ -29,22 +30,12 @@ def add_convert_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--with-head", action="store_true",
                    help="keep the classifier: a VISSL linear head becomes fc/head, a library classifier "
                    "a VISSL mlp head")
-    p.add_argument("--num-heads", type=_positive_int, metavar="N",
+    p.add_argument("--num-heads", type=positive_int, metavar="N",
                    help="attention heads of a ViT (not stored in its weights) when --arch does not name "
                    "the timm model")
     p.add_argument("--no-config", action="store_true",
                    help="with --to vissl, do not write the model config (OUT with .yaml) next to the weights")
     return p
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def run_convert(args: argparse.Namespace, out=None) -> int:

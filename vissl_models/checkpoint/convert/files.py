@@ -8,7 +8,7 @@ from typing import Any, Dict, Mapping, Optional
 import torch
 import yaml
 
-from ...fileio import atomic_write
+from ...fileio import atomic_write, check_output_path
 from .detect import _detect_families, _strip_wrappers, detect_side
 from .keymaps import FAMILIES, SIDES, VISSL, _pairs_text
 from .trunk_config import vissl_trunk_config
@@ -146,9 +146,9 @@ def convert_checkpoint(
     if to not in SIDES:
         raise ValueError(f"to={to!r}: expected one of {list(SIDES)}")
     config_path = vissl_config_path(out_path) if (to == VISSL and write_config) else None
-    for path in filter(None, (out_path, config_path)):
-        if os.path.exists(path) and os.path.exists(in_path) and os.path.samefile(in_path, path):
-            raise ValueError(f"{path}: the output would overwrite the input")
+    check_output_path(out_path, [in_path])
+    if config_path is not None:
+        check_output_path(config_path, [in_path], what="config output")
     if config_path is not None and os.path.abspath(config_path) == os.path.abspath(out_path):
         raise ValueError(f"{out_path}: the weights file would be overwritten by its .yaml config; "
                          "name the weights e.g. model.torch")
