@@ -13,7 +13,7 @@ from vissl_models.api import resolve_model_name, shipped_config_path
 from vissl_models.checkpoint import CheckpointError
 from vissl_models.checkpoint.convert import convert_checkpoint
 from vissl_models.config import ConfigError
-from vissl_models.pretrained import PretrainedCfg
+from vissl_models.pretrained import IMAGENET_MEAN, IMAGENET_STD, PretrainedCfg
 from utils import image
 
 TINY_YAML = """\
@@ -238,3 +238,24 @@ def test_pretrained_cfg_for_configs_follows_the_trunk():
     assert xcit.interpolation == "bicubic" and xcit.channel_order == "rgb"
     bgr = default_pretrained_cfg(vissl_models.load_config(shipped_config_path("regnet_y_64gf_bgr_trunk")).MODEL)
     assert bgr.channel_order == "rgb"  # the RegNet trunk flips RGB input to BGR itself
+
+
+def test_pretrained_cfg_transform():
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+
+    g = torch.Generator().manual_seed(0)
+    img = Image.fromarray((torch.rand(300, 400, 3, generator=g) * 255).to(torch.uint8).numpy())
+    x = PretrainedCfg().transform()(img)
+    ref = TF.normalize(TF.to_tensor(TF.center_crop(TF.resize(img, 256), 224)), IMAGENET_MEAN, IMAGENET_STD)
+    assert x.shape == (3, 224, 224) and torch.equal(x, ref)
+
+    bvlc = zoo.get("supervised_alexnet_bvlc_in1k").pretrained_cfg
+    raw = TF.pil_to_tensor(TF.center_crop(TF.resize(img, [256, 256]), 227)).float()
+    expected = raw - torch.tensor([123.675, 116.28, 103.53])[:, None, None]
+    torch.testing.assert_close(bvlc.transform()(img), expected, rtol=0, atol=1e-3)
+
+    bgr = PretrainedCfg(channel_order="bgr", mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)).transform()(img)
+    torch.testing.assert_close(bgr, TF.to_tensor(TF.center_crop(TF.resize(img, 256), 224)).flip(0))
+    with pytest.raises(ConfigError, match="OpenCV Lab"):
+        zoo.get("colorization_rn50_in1k_goyal19").pretrained_cfg.transform()

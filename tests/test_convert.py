@@ -437,6 +437,17 @@ def test_vit_to_vissl_without_a_head_count_is_refused_and_writes_nothing(tmp_pat
         vissl_trunk_config(state)
 
 
+def test_timm_xcit_to_vissl_needs_the_model_name_for_its_config(tmp_path):
+    """timm's XCiTs differ in TOKENS_NORM, which their weights do not show."""
+    state = vissl_trunk(TINY_VISSL["xcit"]).state_dict()
+    timm_state = convert_state_dict(state, "vissl", "timm")
+    path = str(tmp_path / "xcit.pth")
+    torch.save(timm_state, path)
+    with pytest.raises(ValueError, match="TOKENS_NORM .* give --arch"):
+        convert_checkpoint(path, str(tmp_path / "x.torch"), "vissl")
+    assert os.listdir(tmp_path) == ["xcit.pth"]
+
+
 @pytest.mark.parametrize("family", ["resnet", "regnet", "vision_transformer", "xcit"])
 def test_vissl_output_comes_with_a_config_that_loads_it(tmp_path, family):
     torch.manual_seed(0)
@@ -458,6 +469,18 @@ def test_vissl_output_comes_with_a_config_that_loads_it(tmp_path, family):
     x = image(2, 32)
     with torch.no_grad():
         torch.testing.assert_close(model(x)[0], trunk(x)[0], rtol=0, atol=0)
+
+
+def test_resnet_without_batchnorm_statistics_gets_no_guessed_config(tmp_path):
+    trunk = vissl_trunk({"NAME": "resnet", "RESNETS": {"DEPTH": 18, "NORM": "GroupNorm", "GROUPNORM_GROUPS": 4}})
+    with pytest.raises(ValueError, match="GroupNorm .* or LayerNorm, which the weights cannot tell apart"):
+        vissl_trunk_config(trunk.state_dict())
+    path = str(tmp_path / "gn.pth")
+    torch.save(trunk.state_dict(), path)
+    with pytest.raises(ValueError, match="--no-config"):
+        convert_checkpoint(path, str(tmp_path / "gn.torch"), "vissl")
+    assert os.listdir(tmp_path) == ["gn.pth"]
+    assert convert_checkpoint(path, str(tmp_path / "gn.torch"), "vissl", write_config=False).config_path is None
 
 
 def test_kept_classifier_is_in_the_written_config(tmp_path):

@@ -85,6 +85,30 @@ class PretrainedCfg:
         """The side the image is resized to before the center crop (``image_size / crop_pct``)."""
         return int(math.floor(self.image_size / self.crop_pct + 0.5))
 
+    def transform(self):
+        """The evaluation transform as a torchvision ``Compose``: PIL image -> normalised tensor.
+
+        Resize (shorter side, or both sides for ``squash``) to ``resize_size``, center-crop
+        ``image_size``, scale to [0, 1], reorder channels for ``bgr``, normalise with
+        ``mean``/``std``. Lab models raise ``ConfigError``: their input is the original's OpenCV
+        Lab conversion, which this transform does not reproduce.
+        """
+        from torchvision import transforms
+
+        if self.channel_order == "lab":
+            raise ConfigError(
+                "pretrained_cfg.channel_order is 'lab': these models take the original's OpenCV Lab "
+                "conversion (L*100/255-50, a-128, b-128 of cv2.COLOR_BGR2LAB on 8-bit images), not an RGB transform"
+            )
+        mode = getattr(transforms.InterpolationMode, self.interpolation.upper())
+        size = self.resize_size if self.crop_mode == "center" else (self.resize_size, self.resize_size)
+        steps = [transforms.Resize(size, interpolation=mode), transforms.CenterCrop(self.image_size),
+                 transforms.ToTensor()]
+        if self.channel_order == "bgr":
+            steps.append(transforms.Lambda(_flip_channels))
+        steps.append(transforms.Normalize(self.mean, self.std))
+        return transforms.Compose(steps)
+
     def to_dict(self) -> Dict[str, Any]:
         """Plain data (lists for tuples), JSON-ready."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -100,6 +124,10 @@ class PretrainedCfg:
         if source:
             values.setdefault("source", source)
         return cls(**values)
+
+
+def _flip_channels(x):
+    return x.flip(0)
 
 
 def _finite(value: Any) -> bool:

@@ -9,6 +9,7 @@ from .files import convert_checkpoint
 from .keymaps import SIDES, VISSL, _pairs_text
 from .trunk_config import vissl_trunk_config
 
+
 def add_convert_parser(subparsers) -> argparse.ArgumentParser:
     """Add ``convert IN OUT --to {...} [--arch NAME] [--from LIB] [--with-head]`` to ``subparsers``."""
     p = subparsers.add_parser(

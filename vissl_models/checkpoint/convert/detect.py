@@ -9,6 +9,7 @@ import torch
 
 from .keymaps import _ARCH_PATTERNS, _LAYOUTS, FAMILIES, SIDES, VISSL, State
 
+
 def _family_of_arch(side: str, arch: str) -> str:
     if arch in _LAYOUTS:
         return arch

@@ -14,6 +14,7 @@ from .keymaps import FAMILIES, SIDES, VISSL, _pairs_text
 from .trunk_config import vissl_trunk_config
 from .weights import Conversion, _linear_head, convert_weights
 
+
 def _choose_source(trunk: Mapping[str, torch.Tensor], layout: str, to: str, src: Optional[str]) -> str:
     """The side a file's trunk weights are in, from ``--from``, the container and the keys."""
     if src is not None:
@@ -64,13 +65,16 @@ def model_config_for(result: Conversion, num_heads: Optional[int] = None) -> Dic
     keys and shapes compared with the weights, so a config that would not load them raises
     ``ValueError`` here rather than at ``create_model`` time.
     """
-    from ...model import build_model
     from ...config import load_config
+    from ...model import build_model
 
     if result.dst != VISSL:
         raise ValueError(f"a model config is written for vissl weights, not {result.dst}")
     arch = result.arch if result.arch not in FAMILIES else None
     trunk = vissl_trunk_config(result.state, result.family, arch, num_heads=num_heads)
+    if result.family == "xcit" and "TOKENS_NORM" not in trunk["XCIT"] and result.src != VISSL:
+        raise ValueError("XCiT's TOKENS_NORM is not in the weights and timm's models differ (its xcit_nano_12_* "
+                         "normalise the class token only): give --arch with the timm model name")
     data = {"MODEL": {"TRUNK": trunk, "HEAD": {"PARAMS": _head_params(result.heads)}}}
     cfg = load_config(data)
     with torch.device("meta"):
@@ -86,10 +90,9 @@ def model_config_for(result: Conversion, num_heads: Optional[int] = None) -> Dic
             f"the model config read from the weights would not load them (missing {missing[:4]}, unexpected "
             f"{unexpected[:4]}, shapes {shapes[:4]}); trunk settings read: {trunk}"
         )
-    xcit = trunk.get("XCIT", {})
-    if result.family == "xcit" and "TOKENS_NORM" not in xcit:
-        result.notes.append("TOKENS_NORM is not in XCiT weights: the config keeps the trunk's default (true); "
-                            "give --arch with the timm model name where it differs (timm's xcit_nano_12_*)")
+    if result.family == "xcit" and "TOKENS_NORM" not in trunk["XCIT"]:
+        result.notes.append("TOKENS_NORM is not in XCiT weights: the config keeps the trunk's default (true), "
+                            "the original's; edit it if these weights were trained without")
     return data
 
 

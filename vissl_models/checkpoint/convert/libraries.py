@@ -10,6 +10,7 @@ from .keymaps import State
 
 TIMM_HINT = 'timm is not installed: pip install "vissl_models[timm]"'
 
+
 def _build_on_meta(side: str, arch: str):
     """The library's model built without allocating weights, or None where the library cannot."""
     try:

@@ -12,6 +12,7 @@ from .detect import _detect_families, _strip_wrappers
 from .keymaps import _LAYOUTS, FAMILIES, VISSL
 from .libraries import _build_on_meta
 
+
 def _resnet_config(state: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
     from ...trunks.resnet import BLOCK_CONFIG
 
@@ -39,7 +40,12 @@ def _resnet_config(state: Mapping[str, torch.Tensor]) -> Dict[str, Any]:
             raise ValueError(f"layer1 bottleneck width {width} fits no GROUPS/WIDTH_PER_GROUP for stem width {stem}")
         cfg.update(GROUPS=groups, WIDTH_PER_GROUP=width_per_group)
     if "_feature_blocks.bn1.running_mean" not in state:
-        cfg["NORM"] = "GroupNorm"  # no running statistics: GroupNorm, or LayerNorm (weights cannot tell)
+        # GroupNorm (with any GROUPNORM_GROUPS) and LayerNorm hold the same tensors: a guess would
+        # load strictly and compute other features.
+        raise ValueError(
+            "the ResNet's norm layers have no running statistics: GroupNorm (how many groups?) or LayerNorm, "
+            "which the weights cannot tell apart; set MODEL.TRUNK.RESNETS yourself (convert with --no-config)"
+        )
     return {"NAME": "resnet", "RESNETS": cfg}
 
 

@@ -12,6 +12,7 @@ from .detect import _detect_families, _family_of_arch, _strip_wrappers
 from .keymaps import _LAYOUTS, SIDES, VISSL, State, _pairs_text
 from .libraries import _check_against
 
+
 def _fill_zero_biases(family: str, dst: str, state: State) -> Set[str]:
     """timm's transformers default to qkv biases: a trunk trained without them gets zeros (exact)."""
     if dst != "timm" or family not in ("vision_transformer", "xcit"):
