@@ -17,6 +17,7 @@ import torch
 import vissl_models
 from vissl_models.checkpoint import (
     CheckpointError,
+    CheckpointNotFoundError,
     CorruptCheckpointError,
     InvalidValueError,
     StateMismatchError,
@@ -133,7 +134,7 @@ def _bad_values(dense):
 
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*quantize:UserWarning", "ignore:.*nested tensors:UserWarning",
-                                      "ignore:.*quantized tensor:UserWarning")
+                                      "ignore:.*quantized tensor:UserWarning", "ignore:TypedStorage:UserWarning")
 
 BAD_VALUES = ["meta", "sparse", "quantized", "nested", "numpy", "list", "string", "placeholder", "complex", "integer"]
 
@@ -169,6 +170,14 @@ def test_set_classy_state_validates_in_memory_states(target, source, kind):
     with pytest.raises(InvalidValueError, match=rf"{KEY_RE} is") as info:
         target.set_classy_state(state)
     assert info.value.key == f"trunk.{KEY}" and unchanged(target, before)
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=lambda r: r.__name__)
+def test_keys_that_are_not_strings_are_refused(tmp_path, source, target, route):
+    trunk = dict(source.trunk.state_dict())
+    trunk[7] = trunk.pop(KEY)
+    path = vissl_file(str(tmp_path), source, trunk=trunk)
+    refused(target, route, path, CheckpointError, r"(ckpt\.torch|<classy state>).*not strings")
 
 
 def test_weights_init_through_build_model_is_refused_too(bad_value_files):
@@ -264,6 +273,23 @@ def test_in_memory_nesting_is_refused_too(target):
 
 
 # ----------------------------------------------------------------------------- damaged files
+@pytest.mark.parametrize("route", ROUTES, ids=lambda r: r.__name__)
+def test_a_missing_file_is_a_checkpoint_error_and_a_file_not_found_error(tmp_path, target, route):
+    err = refused(target, route, str(tmp_path / "nope.torch"), CheckpointNotFoundError, r"nope\.torch: .*not found")
+    assert isinstance(err, FileNotFoundError) and isinstance(err, CheckpointError)
+
+
+def test_load_module_state_validates_too(source, target):
+    from vissl_models.checkpoint import load_module_state
+
+    state = dict(source.trunk.state_dict())
+    state[KEY] = state[KEY].to_sparse()
+    before = snapshot(target)
+    with pytest.raises(InvalidValueError, match=rf"trunk: .*{KEY_RE} is a sparse_coo tensor"):
+        load_module_state(target.trunk, state, "trunk", strict=False)
+    assert unchanged(target, before)
+
+
 def test_byte_flips_and_truncations_raise_checkpoint_errors_naming_the_file(tmp_path, source, target):
     good = vissl_file(str(tmp_path), source, name="good.torch")
     data = open(good, "rb").read()

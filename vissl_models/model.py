@@ -13,7 +13,7 @@ import torch
 from classy_vision.models import ClassyModel
 from torch import nn
 
-from .checkpoint.load import LoadReport, apply_weights_init
+from .checkpoint.load import LoadReport, apply_weights_init, check_module_state, load_module_state
 from .config import AttrDict, ConfigError, load_config
 from .feature_extractor import FeatureExtractorModel
 from .layers import convert_sync_batchnorm

@@ -8,6 +8,7 @@ all or nothing. Every failure is a :class:`CheckpointError` naming the file (and
 from .core import LoadPolicy, LoadReport
 from .errors import (
     CheckpointError,
+    CheckpointNotFoundError,
     CorruptCheckpointError,
     InvalidValueError,
     StateMismatchError,
@@ -20,6 +21,7 @@ from .safe_pickle import Placeholder
 
 __all__ = [
     "CheckpointError",
+    "CheckpointNotFoundError",
     "CorruptCheckpointError",
     "InvalidValueError",
     "LoadPolicy",

@@ -348,6 +348,14 @@ def load_parts(model: nn.Module, trunk: Mapping[str, Any], heads: Mapping[str, A
                unassigned: Optional[Mapping[str, Any]] = None, *, policy: LoadPolicy, path: str,
                checkpoint: str = "") -> LoadReport:
     """Match, validate and apply a checkpoint's trunk and head weights (see the module doc)."""
+    for part, mapping in (("trunk", trunk), ("heads", heads), ("other", unassigned or {})):
+        if not isinstance(mapping, Mapping):
+            raise InvalidValueError(f"{path}: the {part} weights are a {type(mapping).__name__}, not a state dict",
+                                    path=path)
+        bad = [k for k in mapping if not isinstance(k, str)]
+        if bad:
+            raise InvalidValueError(f"{path}: the {part} state dict has {len(bad)} key(s) that are not strings "
+                                    f"(e.g. a {type(bad[0]).__name__}); nothing was loaded", path=path)
     own = model.state_dict()
     state, converted, dropped, why_not = match_keys(own, trunk, heads, unassigned, convert=policy.convert)
     report = LoadReport(checkpoint=checkpoint, converted=converted, dropped=dropped)

@@ -27,6 +27,10 @@ class CheckpointError(ValueError):
     __str__ = BaseException.__str__
 
 
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The checkpoint file (or a shard or slice it lists) does not exist; also a ``FileNotFoundError``."""
+
+
 class CorruptCheckpointError(CheckpointError):
     """The file is empty, truncated, damaged, or not a PyTorch checkpoint at all."""
 
@@ -69,6 +73,7 @@ def short_repr(value: Any) -> str:
 
 __all__ = [
     "CheckpointError",
+    "CheckpointNotFoundError",
     "CorruptCheckpointError",
     "InvalidValueError",
     "StateMismatchError",

@@ -37,7 +37,13 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from .errors import CheckpointError, CorruptCheckpointError, UnsafeCheckpointError, short_repr
+from .errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    UnsafeCheckpointError,
+    short_repr,
+)
 from .layouts import detect_key_layout, key_layout_name
 from .safe_pickle import RESTRICTED_PICKLE, Placeholder, RefusedByAllowlist, TooDeepError, find_placeholders
 from .sharded import (
@@ -87,14 +93,14 @@ def safe_torch_load(path: str, map_location: Any = "cpu", allow_placeholders: bo
     is neither read nor changed, so loads in other threads are unaffected.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
+        CheckpointNotFoundError: ``path`` does not exist (also a ``FileNotFoundError``).
         CorruptCheckpointError: the file is empty, truncated, damaged or not a PyTorch file.
         UnsafeCheckpointError: a TorchScript archive, a refused construct, containers nested too
             deep, or (with ``allow_placeholders=False``) objects outside the allowlist.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path}: checkpoint file not found")
+        raise CheckpointNotFoundError(f"{path}: checkpoint file not found", path=path)
     if os.path.getsize(path) == 0:
         raise CorruptCheckpointError(f"{path}: the file is empty", path=path)
     if _is_torchscript_archive(path):
@@ -104,7 +110,12 @@ def safe_torch_load(path: str, map_location: Any = "cpu", allow_placeholders: bo
         with warnings.catch_warnings():
             # Plain pickles of a newer protocol draw a warning: noise here.
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            obj = torch.load(path, map_location=map_location, weights_only=False, pickle_module=RESTRICTED_PICKLE)
+            if os.getenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "0").lower() in ("1", "y", "yes", "true"):
+                # The user demands torch's own weights-only loader (it refuses any pickle_module).
+                obj = torch.load(path, map_location=map_location, weights_only=True)
+            else:
+                obj = torch.load(path, map_location=map_location, weights_only=False,
+                                 pickle_module=RESTRICTED_PICKLE)
     except RefusedByAllowlist as e:
         raise UnsafeCheckpointError(f"{path}: refused to load ({' '.join(str(e).split())[:300]}); nothing from the "
                                     "file was executed", path=path) from None
@@ -350,6 +361,11 @@ def _finish(path: str, obj: Mapping[str, Any], layout: str, trunk: Dict[str, Any
             removed: Sequence[str] = (), files: Sequence[str] = (), placeholders: Sequence[str] = ()
             ) -> LoadedCheckpoint:
     refuse_placeholder_weights({"trunk": trunk, "heads": heads}, path)
+    for part, mapping in (("trunk", trunk), ("heads", heads)):
+        bad = [k for k in mapping if not isinstance(k, str)]
+        if bad:
+            raise CheckpointError(f"{path}: the {part} state dict has {len(bad)} key(s) that are not strings "
+                                  f"(e.g. a {type(bad[0]).__name__})", path=path)
     if not trunk and not heads:
         raise CheckpointError(f"{path}: the {layout} layout was recognised but it holds no weights")
     detected, arch = detect_key_layout(trunk.keys())

@@ -2,13 +2,19 @@
 
 Training checkpoints hold more than weights: meters, hook states, loss states, optimizer extras,
 sometimes an ``argparse.Namespace`` or a custom class. ``torch.load(weights_only=True)`` refuses
-the whole file when it meets one such object. The second pass here reads the same file through
-torch's own loader (``torch.load(..., pickle_module=RESTRICTED_PICKLE)``), so tensors are
-rebuilt exactly as torch rebuilds them, while every global outside the allowlist is resolved to
-an inert :class:`Placeholder` subclass that records the name it stood for, its arguments and
-state. Nothing from the file is imported, called or executed: ``find_class`` returns only
-allowlisted objects or placeholder classes, and the extension-registry opcodes (which could
-reach objects without ``find_class``) are refused.
+the whole file when it meets one such object. Files are read instead through torch's own loader
+with this module as its ``pickle_module`` (``torch.load(..., pickle_module=RESTRICTED_PICKLE)``),
+so tensors are rebuilt exactly as torch rebuilds them, while every global outside the allowlist
+is resolved to an inert :class:`Placeholder` subclass that records the name it stood for, its
+arguments and state. Nothing from the file is imported, called or executed: ``find_class``
+returns only allowlisted objects or placeholder classes, and the extension-registry opcodes
+(which could reach objects without ``find_class``) are refused.
+
+Loading is bounded by the file: allowlisted constructors only take containers the file itself
+stores (never a ``range``, iterator or tensor to expand), tensor, array and storage classes
+cannot be called with a size, tensor rebuilds cannot materialise a view larger than its storage,
+and :func:`walk_containers` refuses nesting deeper than :data:`MAX_DEPTH`. Everything is decided
+per call: torch's process-wide safe-globals list is neither read nor changed.
 """
 
 from __future__ import annotations
@@ -237,7 +243,8 @@ def _wrap_qtensor(fn: Any) -> Any:
             if not isinstance(n, int) or n < 0:
                 raise RefusedByAllowlist(f"quantized tensor size {size!r:.80} is not a list of sizes")
             numel *= n
-        nbytes = storage.nbytes() if hasattr(storage, "nbytes") else 0
+        untyped = getattr(storage, "_untyped_storage", storage)  # TypedStorage.nbytes() warns
+        nbytes = untyped.nbytes() if isinstance(untyped, torch.UntypedStorage) else 0
         if numel > 2 * nbytes + 2:
             raise RefusedByAllowlist(f"quantized tensor of {numel} elements over {nbytes} stored bytes: refused")
         return fn(storage, storage_offset, size, *args, **kwargs)
@@ -320,12 +327,6 @@ def allowed_globals() -> Dict[str, Any]:
         allowed.update(_numpy_allowed())
         _ALLOWED = allowed
     return _ALLOWED
-
-
-def extra_safe_globals() -> List[Tuple[Any, str]]:
-    """``(object, name)`` pairs to register with ``torch.serialization.safe_globals`` for the first
-    (``weights_only=True``) pass: numpy types under every module name their pickles use."""
-    return [(obj, name) for name, obj in _numpy_allowed().items()]
 
 
 _ALLOWED_IDS: Optional[frozenset] = None
@@ -492,7 +493,6 @@ __all__ = [
     "RESTRICTED_PICKLE",
     "RestrictedUnpickler",
     "allowed_globals",
-    "extra_safe_globals",
     "find_placeholders",
     "walk_containers",
     "MAX_DEPTH",
