@@ -472,3 +472,38 @@ def test_distributed_extraction_equals_single_process(tmp_path):
     for name in ("res4", "flatten"):
         assert np.array_equal(one[name], two[name])
     assert not (tmp_path / "two.npz.shards").exists()
+
+
+def _every_trunk(rank, world, specs, out_file):
+    from test_trunks import build_trunk
+
+    failures = {}
+    for spec in specs:
+        try:
+            ref = build_trunk(spec).eval()
+            holder = nn.Module()
+            holder.trunk = build_trunk(spec).eval()
+            holder.forward = lambda x, h=holder: h.trunk(x)
+            shard_model(holder)
+            g = torch.Generator().manual_seed(rank)
+            h, w = (spec.input_size, spec.input_size) if isinstance(spec.input_size, int) else spec.input_size
+            x = torch.randn(2, spec.in_chans, h, w, generator=g)
+            with torch.no_grad():
+                for a, b in zip(flat(holder(x)), flat(ref(x))):
+                    close(a, b)
+            holder.train()
+            loss_of(holder(x)).backward()
+        except Exception as e:  # noqa: BLE001 - collected and reported per trunk
+            failures[spec.id] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    if rank == 0:
+        torch.save(failures, out_file)
+
+
+@pytest.mark.slow
+def test_shard_model_works_for_every_trunk(tmp_path):
+    from specs import TRUNK_SPECS
+
+    specs = [s for s in TRUNK_SPECS if "timm" not in s.name]
+    run_ranks(_every_trunk, 2, tmp_path, specs, str(tmp_path / "failures.pt"))
+    failures = torch.load(tmp_path / "failures.pt")
+    assert not failures, failures

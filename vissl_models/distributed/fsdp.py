@@ -129,9 +129,10 @@ def wrap_points(model: nn.Module, auto_wrap_threshold: int = 0) -> List[str]:
     """Names of the submodules ``shard_model`` wraps, children before parents (root excluded).
 
     Big layers (``nn.Conv2d`` / ``nn.Linear`` with at least ``auto_wrap_threshold`` parameters),
-    transformer blocks (children of ``blocks`` / ``cls_attn_blocks`` module lists), stages of
-    ``stages`` / ``layers`` lists, RegNet blocks then block groups, the blocks of each
-    ``_feature_blocks`` stage then the stage, then each head (each module of a head chain).
+    transformer blocks (children of ``blocks`` / ``cls_attn_blocks`` module lists), RegNet blocks
+    then block groups, the entries of ``stages`` / ``layers`` lists and of ``_feature_blocks`` (the
+    children of a Sequential entry, which trunk-wide checkpointing calls one by one), then each
+    head (each module of a head chain).
     """
     from ..trunks.regnet_fsdp import BlockGroup
 
@@ -165,18 +166,24 @@ def wrap_points(model: nn.Module, auto_wrap_threshold: int = 0) -> List[str]:
         if trunk_prefix and not name.startswith(trunk_prefix):
             continue
         last = name.rsplit(".", 1)[-1]
+        # A Sequential stage is never a unit itself: trunk-wide activation checkpointing runs its
+        # children one by one (bypassing the stage's hooks), so its children are the units.
         if isinstance(m, nn.ModuleList) and last in ("stages", "layers"):
-            for child, _ in m.named_children():
-                add(join(name, child))
+            for child, stage in m.named_children():
+                if isinstance(stage, nn.Sequential):
+                    for grandchild, _ in stage.named_children():
+                        add(join(join(name, child), grandchild))
+                else:
+                    add(join(name, child))
         elif isinstance(m, nn.ModuleDict) and last == "_feature_blocks":
             for stage_name, stage in m.named_children():
                 stage_full = join(name, stage_name)
-                if isinstance(stage, nn.Sequential) and len(stage) > 1 and not any(
-                    isinstance(c, BlockGroup) for c in stage.children()
-                ):
-                    for child, _ in stage.named_children():
-                        add(join(stage_full, child))
-                add(stage_full)
+                if isinstance(stage, nn.Sequential):
+                    if not any(isinstance(c, BlockGroup) for c in stage.children()):
+                        for child, _ in stage.named_children():
+                            add(join(stage_full, child))
+                else:
+                    add(stage_full)
     heads = getattr(model, "heads", None)
     if isinstance(heads, nn.ModuleList):
         for i, head in enumerate(heads):
