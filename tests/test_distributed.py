@@ -276,10 +276,6 @@ def test_ddp_gradients_equal_a_single_process_run_and_sync_bn_groups(tmp_path):
     run_ranks(_ddp_equals_single_process, 2, tmp_path)
 
 
-# Heads whose bf16 FSDP2 forward is known to fail, and why (owned elsewhere; reported, not hidden).
-KNOWN_BF16_FAILURES = {"msn_head": "buffer proto_labels stays fp32 (FSDP2 casts parameters, not buffers)"}
-
-
 def _bf16_heads(rank, world, specs, out_file):
     failures = {}
     for spec in specs:
@@ -302,13 +298,10 @@ def _bf16_heads(rank, world, specs, out_file):
 def test_bf16_mixed_precision_runs_for_each_head(tmp_path):
     from specs import HEAD_SPECS
 
-    specs = [s for s in HEAD_SPECS if s.name != "mobilenet_v3_head_timm"]
+    specs = list(HEAD_SPECS)
     run_ranks(_bf16_heads, 2, tmp_path, specs, str(tmp_path / "failures.pt"))
     failures = torch.load(tmp_path / "failures.pt")
-    unexpected = {k: v for k, v in failures.items() if not any(k.startswith(n) for n in KNOWN_BF16_FAILURES)}
-    assert not unexpected
-    if failures:
-        pytest.xfail(f"known bf16 head failures: {failures}")
+    assert not failures
 
 
 def _dcp_save(rank, world, case, folder):
@@ -360,6 +353,19 @@ def test_dcp_conversion_refuses_to_overwrite_and_bad_dirs(tmp_path):
     with pytest.raises(FileNotFoundError, match="no .metadata"):
         dcp_to_vissl(str(tmp_path / "busy"), str(tmp_path / "out.torch"))
     assert not (tmp_path / "out.torch").exists()
+
+
+def test_dcp_to_vissl_checks_the_output_before_reading(tmp_path):
+    model = build("vit_dino", seed=6)
+    save_dcp(model, str(tmp_path / "dcp"))
+    before = sorted(os.listdir(tmp_path / "dcp"))
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(ValueError, match="folder"):
+        dcp_to_vissl(str(tmp_path / "dcp"), str(tmp_path / "taken"))
+    with pytest.raises(ValueError):
+        dcp_to_vissl(str(tmp_path / "dcp"), str(tmp_path / "missing" / "m.torch"))
+    assert sorted(os.listdir(tmp_path / "dcp")) == before
+    assert os.listdir(tmp_path / "taken") == [] and not (tmp_path / "missing").exists()
 
 
 def _shard_list_into_sharded(rank, world, case, path):

@@ -146,8 +146,9 @@ def read_dcp_model_state(dcp_dir: str) -> Dict[str, torch.Tensor]:
 def dcp_to_vissl(dcp_dir: str, out_file: str) -> Tuple[int, int]:
     """Consolidate a DCP directory into one VISSL checkpoint file (classy layout, the original's
     keys), written atomically. Returns (trunk keys, head keys)."""
-    from ..fileio import atomic_write
+    from ..fileio import atomic_write, check_output_path
 
+    check_output_path(out_file, [dcp_dir])
     state = _split_trunk_heads(read_dcp_model_state(dcp_dir))
     with atomic_write(os.fspath(out_file)) as f:
         torch.save({"classy_state_dict": {"base_model": state}}, f)

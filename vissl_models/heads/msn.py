@@ -97,4 +97,5 @@ class MSNHead(nn.Module):
         if self.return_query:
             return query
         supports = F.normalize(self.prototypes, dim=1)
-        return torch.softmax(query @ supports.T / self.temperature, dim=1) @ self.proto_labels
+        # Mixed precision (autocast, FSDP2) casts parameters but not buffers: follow the query's dtype.
+        return torch.softmax(query @ supports.T / self.temperature, dim=1) @ self.proto_labels.to(query.dtype)
