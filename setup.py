@@ -28,7 +28,7 @@ setup(
     ],
     extras_require={
         "timm": ["timm>=0.9"],
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "pytest-xdist>=3"],
     },
     entry_points={"console_scripts": ["vissl-models=vissl_models.cli:main"]},
 )
