@@ -320,7 +320,8 @@ def _dcp_load(rank, world, case, folder, ref_file):
             close(a, b, atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("case", ["vit_dino", "regnet_swav"])
+# The ViT case covers resharding in the default run; the RegNet one adds BatchNorm buffers (slow).
+@pytest.mark.parametrize("case", ["vit_dino", pytest.param("regnet_swav", marks=pytest.mark.slow)])
 def test_dcp_round_trips_two_to_one_and_one_to_two(tmp_path, case):
     # 2 -> 1: two ranks save shards; one process (no process group) loads into a plain model.
     run_ranks(_dcp_save, 2, tmp_path / "a", case, str(tmp_path / "dcp2"))

@@ -279,14 +279,15 @@ def test_last_self_attention_map():
     close(maps.sum(-1), torch.ones(2, 2, 17))
 
 
-def test_compiled_block_matches_eager():
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_compiled_block_matches_eager(backend):
     torch._dynamo.reset()
     torch.manual_seed(0)
     block = Block(16, 2, mlp_ratio=2.0, qkv_bias=True, norm_layer=lambda d: torch.nn.LayerNorm(d, eps=1e-6)).eval()
     x = torch.randn(2, 17, 16)
     with torch.no_grad():
         eager = block(x)
-        compiled = torch.compile(block, fullgraph=True)(x)
+        compiled = torch.compile(block, fullgraph=True, backend=backend)(x)
     torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-5)
 
 
