@@ -369,18 +369,23 @@ class Trunk(nn.Module):
         """
         check_map_output_fmt(output_fmt)
         taken, last = take_indices(len(self.intermediate_features), indices)
-        names = [self.intermediate_features[i] for i in taken]
-        if intermediates_only:
-            final_name = None
-        else:
-            final_name = self.intermediate_features[last] if stop_early else self.final_feature
-        feats = self.feature_dict(x, names + ([final_name] if final_name else []))
-        out = [feats[n] for n in names]
+        final, out = self._map_intermediates(x, taken, last, to_end=not (stop_early or intermediates_only))
         if output_fmt == "NHWC":
             out = [t.permute(0, 2, 3, 1) if t.dim() == 4 else t for t in out]
         if intermediates_only:
             return out
-        return feats[final_name], out
+        return final, out
+
+    def _map_intermediates(
+        self, x: torch.Tensor, taken: Sequence[int], last: int, to_end: bool
+    ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """The maps of ``intermediate_features`` at positions ``taken`` (channels first), and the
+        final output: ``forward_features`` when ``to_end``, else intermediate ``last``, after which
+        nothing runs. Trunks with their own stage loop override this, not ``forward_intermediates``."""
+        names = [self.intermediate_features[i] for i in taken]
+        final_name = self.final_feature if to_end else self.intermediate_features[last]
+        feats = self.feature_dict(x, names + [final_name])
+        return feats[final_name], [feats[n] for n in names]
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute activations during backward (less memory, same gradients) or stop doing so."""

@@ -11,7 +11,7 @@ here a non-rgb input type is an error and checkpointing is applied.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -22,7 +22,7 @@ from ..layers import ChannelsLayerNorm2d, trunc_normal_
 from ..layers.checkpointing import checkpoint_sequential_without_bn_double_update, checkpoint_without_bn_double_update
 from ..layers.drop import drop_path_rates, optional_drop_path
 from ..registry import register_model_trunk
-from .base import Trunk, TrunkCommon, check_map_output_fmt, requested_features, take_indices, vector_info
+from .base import Trunk, TrunkCommon, requested_features, vector_info
 
 LN_EPS = 1e-6
 # The original ignores out_feat_keys and always returns the normalised pooled feature; its
@@ -148,28 +148,16 @@ class ConvNeXt(Trunk):
         self.check_feature_names(names)
         return {name: out for name, out in zip(names, [self.pooled_features(x)] * len(names))}
 
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: Optional[Union[int, Sequence[int]]] = None,
-        norm: bool = False,
-        stop_early: bool = True,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ):
-        check_map_output_fmt(output_fmt)
-        taken, last = take_indices(4, indices)
+    def _map_intermediates(self, x: torch.Tensor, taken: Sequence[int], last: int, to_end: bool):
         checkpointed = self.grad_checkpointing and torch.is_grad_enabled()
         out = []
-        for i in range(last + 1 if stop_early or intermediates_only else 4):
+        for i in range(4 if to_end else last + 1):
             if checkpointed:
                 x = checkpoint_without_bn_double_update([self.downsample_layers[i], self.stages[i]], x)
             else:
                 x = self.stages[i](self.downsample_layers[i](x))
             if i in taken:
-                out.append(x.permute(0, 2, 3, 1) if output_fmt == "NHWC" else x)
-        if intermediates_only:
-            return out
+                out.append(x)
         return x, out
 
     def forward(self, x: torch.Tensor, out_feat_keys: Optional[Sequence[str]] = None) -> List[torch.Tensor]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Dict, List, Mapping, Optional, Sequence, Union
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,7 @@ from ..config import options as opt
 from ..config.loader import ConfigError
 from ..layers.checkpointing import checkpoint_without_bn_double_update
 from ..registry import register_model_trunk
-from .base import Trunk, TrunkCommon, check_map_output_fmt, map_info, take_indices, vector_info
+from .base import Trunk, TrunkCommon, map_info, vector_info
 
 MODEL_NAMES = ("mobilenetv3_large_100",)
 TIMM_INSTALL_HINT = 'pip install "vissl_models[timm]"'
@@ -118,24 +118,9 @@ class _MobileNetV3Trunk(Trunk):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.trunk_features(x)
 
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: Optional[Union[int, Sequence[int]]] = None,
-        norm: bool = False,
-        stop_early: bool = True,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ):
-        check_map_output_fmt(output_fmt)
-        taken, last = take_indices(len(self._stage_ends), indices)
-        outs = self._run(x, self._stage_ends[last] if stop_early or intermediates_only else None)
-        out = [outs[i] for i in taken]
-        if output_fmt == "NHWC":
-            out = [t.permute(0, 2, 3, 1) for t in out]
-        if intermediates_only:
-            return out
-        return outs[-1], out
+    def _map_intermediates(self, x: torch.Tensor, taken: Sequence[int], last: int, to_end: bool):
+        outs = self._run(x, None if to_end else self._stage_ends[last])
+        return outs[-1], [outs[i] for i in taken]
 
     def _feature(self, name: str, trunk: torch.Tensor, cache: Dict[str, torch.Tensor]) -> torch.Tensor:
         if name in cache:
