@@ -16,6 +16,7 @@ import vissl_models
 from vissl_models.cli import synthetic_input
 from vissl_models.config import ConfigError
 from vissl_models.training import autocast, autocast_dtype, grad_scaler, needs_grad_scaler
+from utils import flat_outputs
 
 BF16_REL_TOL = 5e-2
 CONFIG_DIR = os.path.join(os.path.dirname(vissl_models.__file__), "configs")
@@ -76,27 +77,16 @@ def test_bad_values_name_the_key(params, key):
     assert "allowed" in str(e.value)
 
 
-def _outputs(out):
-    if isinstance(out, torch.Tensor):
-        yield out
-    elif isinstance(out, dict):
-        for v in out.values():
-            yield from _outputs(v)
-    elif isinstance(out, (list, tuple)):
-        for v in out:
-            yield from _outputs(v)
-
-
 def _check_bf16_close(name, overrides=(), size=None):
     cfg = vissl_models.load_config(os.path.join(CONFIG_DIR, name + ".yaml"), overrides)
     model = vissl_models.build_model(cfg.MODEL).eval()
     x = synthetic_input(model, None, (), size)
     with torch.no_grad():
         torch.manual_seed(2)  # MSN drops tokens at random even in eval: same draw for both runs
-        ref = list(_outputs(model(x)))
+        ref = list(flat_outputs(model(x)))
         torch.manual_seed(2)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            low = list(_outputs(model(x)))
+            low = list(flat_outputs(model(x)))
     assert len(ref) == len(low) > 0
     for a, b in zip(ref, low):
         assert a.dtype == torch.float32

@@ -29,7 +29,7 @@ from vissl_models.distributed import (
     vissl_to_dcp,
     wrap_points,
 )
-from utils import model_config
+from utils import flat_outputs, model_config
 
 VIT = {"NAME": "vision_transformer_fsdp", "VISION_TRANSFORMERS": {
     "IMAGE_SIZE": 32, "PATCH_SIZE": 8, "NUM_LAYERS": 2, "NUM_HEADS": 2, "HIDDEN_DIM": 16, "MLP_DIM": 32,
@@ -60,9 +60,7 @@ def batch(rank: int, n: int = 2):
 
 
 def flat(out):
-    if isinstance(out, torch.Tensor):
-        return [out]
-    return [t for o in out for t in flat(o)]
+    return list(flat_outputs(out))
 
 
 def loss_of(out):

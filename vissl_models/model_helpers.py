@@ -206,5 +206,5 @@ class ModelOptions:
             heads=heads,
             single_pass_every_crop=opt.as_bool("MODEL.SINGLE_PASS_EVERY_CROP",
                                                model_config.get("SINGLE_PASS_EVERY_CROP", False)),
-            init_seed=opt.as_int("MODEL._MODEL_INIT_SEED", model_config.get("_MODEL_INIT_SEED", 0)),
+            init_seed=opt.model_init_seed(model_config),
         )

@@ -106,3 +106,8 @@ def read_options(section: Mapping, key: str, fields: Sequence[Field],
         else:  # a missing required key raises the section's own missing-key error
             out[name] = parse(key + yaml_key, section[yaml_key])
     return out
+
+
+def model_init_seed(model_config: Mapping) -> int:
+    """``MODEL._MODEL_INIT_SEED`` (default 0): the seed trunks and heads initialise from."""
+    return as_int("MODEL._MODEL_INIT_SEED", model_config.get("_MODEL_INIT_SEED", 0))

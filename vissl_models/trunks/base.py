@@ -101,7 +101,7 @@ class TrunkCommon:
                 ac["NUM_ACTIVATION_CHECKPOINTING_SPLITS"],
                 minimum=1,
             ),
-            init_seed=opt.as_int("MODEL._MODEL_INIT_SEED", model_config.get("_MODEL_INIT_SEED", 0)),
+            init_seed=opt.model_init_seed(model_config),
         )
 
 
